@@ -1,0 +1,163 @@
+"""The fixed backbone language model with a pluggable token mixer.
+
+    model = LanguageModel(ModelConfig(vocab_size=256, hidden_size=128, num_layers=2), mixer_cls)
+    logits = model(tokens)            # tokens [B, T] long -> logits [B, T, V]
+
+Pre-norm blocks: x + Mixer(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)); final RMSNorm, LM head.
+Everything but the mixer is the same for every candidate, so scores compare mixers alone.
+`size_to_target` picks the MLP width so that models with different mixers have matched size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from evolve.kernels.modules import RMSNorm
+from evolve.model.contract import MixerConfig, build_mixer
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Shape of the backbone; the mixer gets the fields it needs through MixerConfig."""
+
+    vocab_size: int = 256
+    """Vocabulary size (256 for the byte-level tokenizer)."""
+    hidden_size: int = 128
+    """Model width D."""
+    num_layers: int = 2
+    """Number of blocks."""
+    num_heads: int = 4
+    """Heads per mixer."""
+    conv_size: int = 4
+    """Short causal convolution width offered to mixers (0: none)."""
+    chunk_size: int = 64
+    """Chunk length for chunked kernels."""
+    max_seq_len: int = 2048
+    """Longest training sequence."""
+    intermediate_size: int | None = None
+    """SwiGLU hidden width; None: 8/3 * hidden_size rounded up to a multiple of 8 (or sized by
+    target_params)."""
+    target_params: int | None = None
+    """If set, the MLP width is chosen so that the whole model has about this many parameters,
+    whatever the mixer costs (matched-size comparison)."""
+    tie_embeddings: bool = True
+    """Share the token embedding and the LM head."""
+    init_std: float = 0.02
+    """Standard deviation of the normal initialisation of linear and embedding weights."""
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by "
+                             f"num_heads={self.num_heads}")
+
+    def mixer_config(self, layer_idx: int) -> MixerConfig:
+        return MixerConfig(hidden_size=self.hidden_size, num_heads=self.num_heads,
+                           conv_size=self.conv_size, chunk_size=self.chunk_size,
+                           max_seq_len=self.max_seq_len, layer_idx=layer_idx,
+                           num_layers=self.num_layers)
+
+    def default_intermediate(self) -> int:
+        return 8 * math.ceil(8 * self.hidden_size / 3 / 8)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, mixer: nn.Module, intermediate: int):
+        super().__init__()
+        self.mixer_norm = RMSNorm(cfg.hidden_size)
+        self.mixer = mixer
+        self.mlp_norm = RMSNorm(cfg.hidden_size)
+        self.mlp = SwiGLU(cfg.hidden_size, intermediate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mixer(self.mixer_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, mixer_cls: type, source: str = "mixer"):
+        super().__init__()
+        if cfg.target_params is not None and cfg.intermediate_size is None:
+            cfg = size_to_target(cfg, mixer_cls, source)
+        self.cfg = cfg
+        intermediate = cfg.intermediate_size or cfg.default_intermediate()
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.blocks = nn.ModuleList(
+            Block(cfg, build_mixer(mixer_cls, cfg.mixer_config(i), source), intermediate)
+            for i in range(cfg.num_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size)
+        self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self._init_backbone()
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def _init_backbone(self) -> None:
+        # Mixers own their initialisation; only the backbone's weights are reset here, so a
+        # candidate's deliberate init (decay ranges, position tables) survives.
+        std = self.cfg.init_std
+        nn.init.normal_(self.embed.weight, std=std)
+        nn.init.normal_(self.head.weight, std=std)
+        for block in self.blocks:
+            nn.init.normal_(block.mlp.gate_up.weight, std=std)
+            # Scaled residual-branch init (GPT-2) keeps the residual stream's variance flat.
+            nn.init.normal_(block.mlp.down.weight, std=std / math.sqrt(2 * self.cfg.num_layers))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)  # [B, T, D]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))  # [B, T, V]
+
+
+def count_params(module: nn.Module) -> int:
+    """Distinct trainable parameters (tied weights counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in module.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def mixer_params(cfg: ModelConfig, mixer_cls: type, source: str = "mixer") -> int:
+    """Parameters of all the mixers of a model, built on the meta device (no memory, no time)."""
+    with torch.device("meta"):
+        return sum(count_params(build_mixer(mixer_cls, cfg.mixer_config(i), source))
+                   for i in range(cfg.num_layers))
+
+
+def size_to_target(cfg: ModelConfig, mixer_cls: type, source: str = "mixer") -> ModelConfig:
+    """Choose the SwiGLU width so the model has about `cfg.target_params` parameters."""
+    assert cfg.target_params is not None
+    d, layers = cfg.hidden_size, cfg.num_layers
+    fixed = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2) + d * (2 * layers + 1)
+    budget = cfg.target_params - fixed - mixer_params(cfg, mixer_cls, source)
+    per_unit = 3 * d * layers  # one unit of SwiGLU width costs gate + up + down
+    width = budget // per_unit
+    if width < 8:
+        raise ValueError(
+            f"target_params={cfg.target_params} leaves no room for the MLP: the mixer alone "
+            f"has {mixer_params(cfg, mixer_cls, source)} parameters and embeddings/norms "
+            f"{fixed}; raise target_params or shrink the mixer"
+        )
+    return replace(cfg, intermediate_size=int(width))
