@@ -55,6 +55,8 @@ class DeferredSignals:
         self.in_step = False
         self.pending: list[tuple[Any, int]] = []
         self.on_signal: Callable[[int], None] | None = None
+        self.save_hook: Callable[[], None] | None = None
+        """Saves the live training state; set by the training loop while a track runs."""
         self._saved: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -79,6 +81,10 @@ class DeferredSignals:
         while self.pending:
             old, signum = self.pending.pop(0)
             if callable(old):
+                # submitit only logs SIGTERM (Slurm sends it before killing a pre-empted job):
+                # save progress first so the requeued job loses nothing.
+                if signum == signal.SIGTERM and self.save_hook is not None:
+                    self.save_hook()
                 old(signum, None)
             elif self.on_signal is not None:
                 self.on_signal(signum)
@@ -196,6 +202,7 @@ def run_track(name: str, cfg: TrackConfig, runtime: RuntimeConfig, mixer_cls: ty
         raise Interrupted(signum, state["step"])
 
     signals.on_signal = foreground_stop
+    signals.save_hook = save
     t0 = time.time()
     train_time = 0.0
     step_tokens = cfg.batch_size * cfg.seq_len
@@ -231,6 +238,7 @@ def run_track(name: str, cfg: TrackConfig, runtime: RuntimeConfig, mixer_cls: ty
             if cfg.max_time_s and elapsed + time.time() - t0 > cfg.max_time_s:
                 status, reason = "time_budget", f"stopped by max_time_s={cfg.max_time_s}"
                 break
+    signals.save_hook = None
     if status in ("done", "time_budget"):
         save()
     done_steps = state["step"]

@@ -1,0 +1,105 @@
+"""The backbone, the mixer contract and the baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from evolve.model.contract import (BASELINE_NAMES, MixerConfig, MixerLoadError,
+                                   load_mixer_class)
+from evolve.model.lm import LanguageModel, ModelConfig, count_params
+
+
+@pytest.mark.parametrize("name", BASELINE_NAMES)
+def test_baseline_forward_backward_any_length(name: str) -> None:
+    torch.manual_seed(0)
+    cls = load_mixer_class(name)
+    mixer = cls(MixerConfig(hidden_size=32, num_heads=2, max_seq_len=128))
+    x = torch.randn(3, 37, 32, requires_grad=True)  # T not a multiple of any chunk size
+    y = mixer(x)
+    assert y.shape == x.shape
+    y.square().mean().backward()
+    assert torch.isfinite(x.grad).all()
+    for pname, p in mixer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize("name", BASELINE_NAMES)
+def test_baseline_is_causal(name: str) -> None:
+    torch.manual_seed(0)
+    mixer = load_mixer_class(name)(MixerConfig(hidden_size=32, num_heads=2, max_seq_len=128))
+    x = torch.randn(1, 50, 32)
+    x2 = x.clone()
+    x2[:, 30:] += torch.randn(1, 20, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(mixer(x)[:, :30], mixer(x2)[:, :30])
+
+
+def test_language_model_shapes_and_tied_head() -> None:
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2)
+    model = LanguageModel(cfg, load_mixer_class("deltanet"))
+    logits = model(torch.randint(0, 64, (2, 19)))
+    assert logits.shape == (2, 19, 64)
+    assert model.head.weight is model.embed.weight
+
+
+def test_target_params_matches_size_within_5_percent() -> None:
+    target = 400_000
+    sizes = {}
+    for name in BASELINE_NAMES:
+        cfg = ModelConfig(vocab_size=256, hidden_size=128, num_layers=2, num_heads=4,
+                          max_seq_len=256, target_params=target)
+        sizes[name] = count_params(LanguageModel(cfg, load_mixer_class(name)))
+    for name, size in sizes.items():
+        assert abs(size - target) / target < 0.05, (name, size)
+    # The mixers really differ in cost, so the sizing did something.
+    unsized = {name: count_params(LanguageModel(
+        ModelConfig(vocab_size=256, hidden_size=128, num_layers=2, num_heads=4,
+                    max_seq_len=256), load_mixer_class(name))) for name in BASELINE_NAMES}
+    assert len(set(unsized.values())) > 1
+
+
+def test_target_params_too_small_names_the_cause() -> None:
+    cfg = ModelConfig(vocab_size=256, hidden_size=128, num_layers=2, num_heads=4,
+                      target_params=10_000)
+    with pytest.raises(ValueError, match="target_params=10000"):
+        LanguageModel(cfg, load_mixer_class("deltanet"))
+
+
+def test_unknown_mixer_lists_baselines() -> None:
+    with pytest.raises(MixerLoadError, match="deltanet"):
+        load_mixer_class("deltanett")
+
+
+def test_mixer_file_errors_name_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "syntax.py"
+    bad.write_text("import torch\n\nclass Mixer(:\n    pass\n")
+    with pytest.raises(MixerLoadError, match=r"syntax\.py:3"):
+        load_mixer_class(bad)
+
+    raising = tmp_path / "raises.py"
+    raising.write_text("import torch\nx = 1\nraise RuntimeError('boom')\n")
+    with pytest.raises(MixerLoadError, match=r"raises\.py:3.*boom"):
+        load_mixer_class(raising)
+
+    empty = tmp_path / "nomixer.py"
+    empty.write_text("import torch\n")
+    with pytest.raises(MixerLoadError, match="no class named 'Mixer'"):
+        load_mixer_class(empty)
+
+    with pytest.raises(MixerLoadError, match="not found"):
+        load_mixer_class(tmp_path / "missing.py")
+
+
+def test_two_versions_of_one_path_do_not_share_a_module(tmp_path: Path) -> None:
+    path = tmp_path / "mixer.py"
+    template = ("import torch.nn as nn\nclass Mixer(nn.Module):\n"
+                "    SCALE = {}\n    def __init__(self, cfg):\n        super().__init__()\n"
+                "    def forward(self, x):\n        return x * self.SCALE\n")
+    path.write_text(template.format(1))
+    first = load_mixer_class(path)
+    path.write_text(template.format(2))
+    second = load_mixer_class(path)
+    assert (first.SCALE, second.SCALE) == (1, 2)
