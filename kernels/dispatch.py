@@ -1,0 +1,211 @@
+"""The public kernel functions: each call picks an implementation (a backend) and runs it.
+
+Backends:
+- "naive": the float32 token-by-token references (kernels/<op>/naive.py); slow, for checking.
+- "chunk": the chunked PyTorch forms (kernels/<op>/chunk.py); any device, the CPU default.
+- "fla":   flash-linear-attention's Triton chunk kernels (kernels/fla_ops.py); CUDA only.
+By default a call on CUDA tensors uses fla when it imports, and "chunk" otherwise. The
+environment variable EVOLVE_KERNEL_BACKEND=naive|chunk|fla forces one (read at every call, so
+a test or a job can set it late); "auto" or unset means the default.
+"""
+
+import importlib.util
+import os
+import warnings
+
+import torch
+
+from . import fla_ops
+from .delta_rule.chunk import chunk_delta_rule
+from .delta_rule.naive import naive_delta_rule
+from .gated_delta_rule.chunk import chunk_gated_delta_rule
+from .gated_delta_rule.naive import naive_gated_delta_rule
+from .gla.chunk import chunk_gla
+from .gla.naive import naive_gla
+from .linear_attn.chunk import chunk_linear_attn
+from .linear_attn.naive import naive_linear_attn
+from .short_conv.chunk import chunk_short_conv
+from .short_conv.naive import check_activation, naive_short_conv
+
+ENV_VAR = "EVOLVE_KERNEL_BACKEND"
+BACKENDS = ("naive", "chunk", "fla")
+
+# None: not tried yet; "": fla imported; otherwise the import error, shown when fla is forced
+_fla_import_error: str | None = None
+
+
+def available_backends() -> list[str]:
+    """The backends usable in this process. "fla" is listed when fla and triton are installed and
+    CUDA is available; this looks the packages up without importing them."""
+    found = ["naive", "chunk"]
+    if (
+        torch.cuda.is_available()
+        and importlib.util.find_spec("fla") is not None
+        and importlib.util.find_spec("triton") is not None
+    ):
+        found.append("fla")
+    return found
+
+
+def _fla_imports() -> bool:
+    global _fla_import_error
+    if _fla_import_error is None:
+        try:
+            import fla.modules.causal_conv1d  # noqa: F401
+            import fla.ops  # noqa: F401
+            _fla_import_error = ""
+        except Exception as exc:  # any failure (missing triton, bad CUDA setup) means "no fla"
+            _fla_import_error = f"{type(exc).__name__}: {exc}"
+    return _fla_import_error == ""
+
+
+def forced_backend() -> str | None:
+    """The backend named by EVOLVE_KERNEL_BACKEND, or None for the default choice."""
+    raw = os.environ.get(ENV_VAR, "")
+    value = raw.strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in BACKENDS:
+        raise ValueError(
+            f"{ENV_VAR}={raw!r} is not a kernel backend; valid values: "
+            f"{', '.join(BACKENDS)} (or auto / unset for the default)"
+        )
+    return value
+
+
+def select_backend(x: torch.Tensor) -> str:
+    """The backend a call on tensors like `x` uses now."""
+    forced = forced_backend()
+    if forced == "fla":
+        if not x.is_cuda:
+            raise RuntimeError(
+                f"{ENV_VAR}=fla needs CUDA tensors (got {x.device}); fla's chunk kernels do not "
+                "run on CPU: use chunk or naive there"
+            )
+        if not _fla_imports():
+            raise RuntimeError(f"{ENV_VAR}=fla but fla does not import: {_fla_import_error}")
+        return "fla"
+    if forced is not None:
+        return forced
+    if x.is_cuda:
+        if _fla_imports():
+            return "fla"
+        warnings.warn(
+            f"evolve.kernels: fla does not import ({_fla_import_error}); CUDA calls use the "
+            "chunked PyTorch kernels",
+            stacklevel=3,
+        )
+    return "chunk"
+
+
+def _check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.dim() != 4 or q.shape != k.shape:
+        raise ValueError(
+            f"{op}: q and k must both be [B, T, H, K]; got q {tuple(q.shape)}, k {tuple(k.shape)}"
+        )
+    if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"{op}: v must be [B, T, H, V] with q's B, T, H; got v {tuple(v.shape)}"
+                         f" for q {tuple(q.shape)}")
+
+
+def _check_shape(op: str, name: str, x: torch.Tensor | None, shape: tuple[int, ...], text: str) -> None:
+    if x is not None and tuple(x.shape) != shape:
+        raise ValueError(f"{op}: {name} must be {text} = {shape}; got {tuple(x.shape)}")
+
+
+def _check_state(op: str, initial_state: torch.Tensor | None, q: torch.Tensor, v: torch.Tensor) -> None:
+    B, _, H, K = q.shape
+    _check_shape(op, "initial_state", initial_state, (B, H, K, v.shape[-1]), "[B, H, K, V]")
+
+
+def linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False):
+    """Causal linear attention without normalisation (feature maps are the caller's):
+    S_t = S_{t-1} + k_t v_t^T;  o_t = scale * S_t^T q_t.
+
+    q, k: [B, T, H, K]; v: [B, T, H, V]; scale default K ** -0.5; initial_state [B, H, K, V].
+    Returns (o [B, T, H, V] in v's dtype, final state [B, H, K, V] float32 or None).
+    """
+    _check_qkv("linear_attn", q, k, v)
+    _check_state("linear_attn", initial_state, q, v)
+    impl = {"naive": naive_linear_attn, "chunk": chunk_linear_attn, "fla": fla_ops.linear_attn}
+    return impl[select_backend(q)](
+        q, k, v, scale=scale, initial_state=initial_state, output_final_state=output_final_state
+    )
+
+
+def delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state=False):
+    """The delta rule (DeltaNet): u_t = beta_t (v_t - S_{t-1}^T k_t); S_t = S_{t-1} + k_t u_t^T;
+    o_t = scale * S_t^T q_t.
+
+    q, k: [B, T, H, K] (k L2-normalised by the caller); v: [B, T, H, V]; beta: [B, T, H].
+    Returns (o [B, T, H, V] in v's dtype, final state [B, H, K, V] float32 or None).
+    """
+    _check_qkv("delta_rule", q, k, v)
+    _check_shape("delta_rule", "beta", beta, tuple(q.shape[:3]), "[B, T, H]")
+    _check_state("delta_rule", initial_state, q, v)
+    impl = {"naive": naive_delta_rule, "chunk": chunk_delta_rule, "fla": fla_ops.delta_rule}
+    return impl[select_backend(q)](
+        q, k, v, beta, scale=scale, initial_state=initial_state,
+        output_final_state=output_final_state,
+    )
+
+
+def gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False):
+    """The gated delta rule (Gated DeltaNet): the delta rule on the decayed state exp(g_t) S_{t-1}.
+
+    q, k: [B, T, H, K] (k L2-normalised by the caller); v: [B, T, H, V];
+    g: [B, T, H] log-decay (<= 0); beta: [B, T, H].
+    Returns (o [B, T, H, V] in v's dtype, final state [B, H, K, V] float32 or None).
+    """
+    _check_qkv("gated_delta_rule", q, k, v)
+    _check_shape("gated_delta_rule", "g", g, tuple(q.shape[:3]), "[B, T, H]")
+    _check_shape("gated_delta_rule", "beta", beta, tuple(q.shape[:3]), "[B, T, H]")
+    _check_state("gated_delta_rule", initial_state, q, v)
+    impl = {
+        "naive": naive_gated_delta_rule,
+        "chunk": chunk_gated_delta_rule,
+        "fla": fla_ops.gated_delta_rule,
+    }
+    return impl[select_backend(q)](
+        q, k, v, g, beta, scale=scale, initial_state=initial_state,
+        output_final_state=output_final_state,
+    )
+
+
+def gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False):
+    """Gated linear attention: S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T; o_t = scale * S_t^T q_t.
+
+    q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H, K] log-decay (<= 0) per key channel.
+    Returns (o [B, T, H, V] in v's dtype, final state [B, H, K, V] float32 or None).
+    """
+    _check_qkv("gla", q, k, v)
+    _check_shape("gla", "g", g, tuple(q.shape), "[B, T, H, K]")
+    _check_state("gla", initial_state, q, v)
+    impl = {"naive": naive_gla, "chunk": chunk_gla, "fla": fla_ops.gla}
+    return impl[select_backend(q)](
+        q, k, v, g, scale=scale, initial_state=initial_state, output_final_state=output_final_state
+    )
+
+
+def short_conv(x, weight, bias=None, activation="silu", initial_state=None, output_final_state=False):
+    """Causal depthwise convolution over time: y_t = act(bias + sum_w weight[:, w] x_{t-W+1+w}).
+
+    x: [B, T, D]; weight: [D, W] (weight[:, -1] meets x_t); bias: [D] or None;
+    activation: "silu" or None; initial_state: [B, D, W - 1], the inputs before x_0, oldest first.
+    Returns (y [B, T, D] in x's dtype, final state [B, D, W - 1] in x's dtype or None).
+    """
+    check_activation(activation)
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[-1]:
+        raise ValueError(
+            f"short_conv: x must be [B, T, D] and weight [D, W]; got x {tuple(x.shape)}, "
+            f"weight {tuple(weight.shape)}"
+        )
+    B, _, D = x.shape
+    W = weight.shape[1]
+    _check_shape("short_conv", "bias", bias, (D,), "[D]")
+    _check_shape("short_conv", "initial_state", initial_state, (B, D, W - 1), "[B, D, W - 1]")
+    impl = {"naive": naive_short_conv, "chunk": chunk_short_conv, "fla": fla_ops.short_conv}
+    return impl[select_backend(x)](
+        x, weight, bias=bias, activation=activation, initial_state=initial_state,
+        output_final_state=output_final_state,
+    )

@@ -1,0 +1,90 @@
+"""Adapters from our kernel API to flash-linear-attention's chunk kernels (CUDA only).
+
+fla is imported inside each function, so importing evolve.kernels never imports fla or triton.
+Conventions mapped here (checked against fla 0.6.0):
+- all of fla's chunk kernels take [B, T, H, *] inputs (head_first is gone) and the same default
+  scale K ** -0.5; its states are [B, H, K, V] like ours.
+- `chunk_linear_attn` normalises by default: we pass normalize=False.
+- `chunk_delta_rule` refuses float32 inputs, so float32 calls run in bfloat16 and the output is
+  cast back; every fla kernel wants q, k and v in one dtype.
+- `chunk_gated_delta_rule` takes g as log-decay, as we do; `chunk_gla` asserts a float32
+  initial state. Decays are passed in float32, since fla accumulates them in float32 anyway.
+- `causal_conv1d` keeps a [B, D, W] cache of the last W inputs; ours is [B, D, W - 1] (the
+  oldest entry of fla's cache never meets the kernel), so ours is zero-padded on the left going
+  in and the oldest entry is dropped coming out.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def _state_in(initial_state: torch.Tensor | None) -> torch.Tensor | None:
+    return None if initial_state is None else initial_state.float()
+
+
+def _state_out(final_state: torch.Tensor | None) -> torch.Tensor | None:
+    return None if final_state is None else final_state.float()
+
+
+def _same_dtype(dtype: torch.dtype, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(x.to(dtype) for x in xs)
+
+
+def linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False):
+    from fla.ops.linear_attn import chunk_linear_attn
+
+    dtype = v.dtype
+    q, k, v = _same_dtype(q.dtype, q, k, v)
+    o, S = chunk_linear_attn(
+        q, k, v, scale=scale, initial_state=_state_in(initial_state),
+        output_final_state=output_final_state, normalize=False,
+    )
+    return o.to(dtype), _state_out(S)
+
+
+def delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state=False):
+    from fla.ops.delta_rule import chunk_delta_rule
+
+    dtype = v.dtype
+    compute = torch.bfloat16 if q.dtype == torch.float32 else q.dtype
+    q, k, v, beta = _same_dtype(compute, q, k, v, beta)
+    o, S = chunk_delta_rule(
+        q, k, v, beta, scale=scale, initial_state=_state_in(initial_state),
+        output_final_state=output_final_state,
+    )
+    return o.to(dtype), _state_out(S)
+
+
+def gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False):
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+    dtype = v.dtype
+    q, k, v, beta = _same_dtype(q.dtype, q, k, v, beta)
+    o, S = chunk_gated_delta_rule(
+        q, k, v, g.float(), beta, scale=scale, initial_state=_state_in(initial_state),
+        output_final_state=output_final_state,
+    )
+    return o.to(dtype), _state_out(S)
+
+
+def gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False):
+    from fla.ops.gla import chunk_gla
+
+    dtype = v.dtype
+    q, k, v = _same_dtype(q.dtype, q, k, v)
+    o, S = chunk_gla(
+        q, k, v, g.float(), scale=scale, initial_state=_state_in(initial_state),
+        output_final_state=output_final_state,
+    )
+    return o.to(dtype), _state_out(S)
+
+
+def short_conv(x, weight, bias=None, activation="silu", initial_state=None, output_final_state=False):
+    from fla.modules.causal_conv1d import causal_conv1d
+
+    h0 = None if initial_state is None else F.pad(initial_state.to(x.dtype), (1, 0))  # [B, D, W]
+    y, state = causal_conv1d(
+        x, weight=weight, bias=bias, initial_state=h0,
+        output_final_state=output_final_state, activation=activation,
+    )
+    return y, (None if state is None else state[..., 1:])

@@ -1,0 +1,75 @@
+"""Chunked gated delta rule in the WY / UT-transform form (Yang et al., 2025, "Gated Delta
+Networks").
+
+With b_t the cumulative log-decay inside a chunk and gamma_t = exp(b_t), the pseudo-values
+u_t = beta_t (v_t - (decayed state)^T k_t) of one chunk starting from state S satisfy
+    (I + tril(diag(beta) K K^T * G, -1)) U = diag(beta) V - diag(beta gamma) K S,
+where G[t, s] = exp(b_t - b_s) for s <= t. Every decay factor used is exp of a non-positive
+number, so strong decays underflow to zero instead of overflowing.
+"""
+
+import torch
+from einops import rearrange
+
+from ..utils import as_float, default_scale, pad_time
+
+
+def chunk_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Same contract as `naive_gated_delta_rule`; computes in float32, returns o in v's dtype."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    dtype = v.dtype
+    scale = default_scale(scale, K)
+    C = chunk_size
+    q, k, v, g, beta, S = as_float(q, k, v, g, beta, initial_state)
+    q, k, v = (rearrange(pad_time(x, C), "b (n c) h d -> b h n c d", c=C) for x in (q, k, v))
+    beta, g = (rearrange(pad_time(x, C), "b (n c) h -> b h n c", c=C) for x in (beta, g))
+    q = q * scale
+    beta = beta[..., None]  # [B, H, N, C, 1]
+
+    b = g.cumsum(-1)  # [B, H, N, C]
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    strict = causal.tril(-1)
+    # fill the upper triangle before exp: exp(b_t - b_s) for s > t may overflow, and an inf
+    # there would turn into NaN gradients even when masked afterwards
+    G = (b[..., :, None] - b[..., None, :]).masked_fill(~causal, float("-inf")).exp()  # [B,H,N,C,C]
+
+    k_beta = k * beta
+    A = (k_beta @ k.transpose(-1, -2) * G).masked_fill(~strict, 0)  # [B, H, N, C, C]
+    A = A + torch.eye(C, dtype=A.dtype, device=A.device)
+    gamma = b.exp()[..., None]  # [B, H, N, C, 1]
+    wu = torch.linalg.solve_triangular(
+        A, torch.cat([k_beta * gamma, v * beta], dim=-1), upper=False, unitriangular=True
+    )
+    w, u = wu[..., :K], wu[..., K:]  # [B, H, N, C, K], [B, H, N, C, V]
+    # keys decayed to the chunk's end, and the whole chunk's decay, for the state update
+    b_last = b[..., -1:]  # [B, H, N, 1]
+    k_end = k * (b_last - b).exp()[..., None]  # [B, H, N, C, K]
+    chunk_decay = b_last.exp()[..., None]  # [B, H, N, 1, 1]
+
+    if S is None:
+        S = q.new_zeros(B, H, K, V)
+    states, u_new = [], []
+    # unbind rather than index: per-chunk indexing would zero-fill a full-size gradient per chunk
+    for u_n, w_n, k_n, d_n in zip(u.unbind(2), w.unbind(2), k_end.unbind(2), chunk_decay.unbind(2)):
+        states.append(S)
+        u_n = u_n - w_n @ S  # [B, H, C, V]
+        u_new.append(u_n)
+        S = S * d_n + k_n.transpose(-1, -2) @ u_n
+    S_in = torch.stack(states, dim=2)  # [B, H, N, K, V]
+    u_new = torch.stack(u_new, dim=2)  # [B, H, N, C, V]
+
+    attn = q @ k.transpose(-1, -2) * G  # G is zero above the diagonal
+    o = (q * gamma) @ S_in + attn @ u_new
+    o = rearrange(o, "b h n c d -> b (n c) h d")[:, :T]
+    return o.to(dtype), (S if output_final_state else None)
