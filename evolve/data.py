@@ -134,7 +134,8 @@ def load_tokenizer(cfg: DataConfig, corpus: Corpus | None = None) -> Tokenizer:
     corpus = corpus or cfg.open_corpus()
     key = _key_hash({"corpus": corpus.key, "max_bytes": cfg.max_bytes,
                      "train_bytes": cfg.bpe_train_bytes, "val_fraction": cfg.val_fraction})
-    path = cfg.resolved_data_dir() / "tokenizers" / f"{corpus.name}-bpe{cfg.bpe_vocab_size}-{key}.json"
+    name = f"{corpus.name}-bpe{cfg.bpe_vocab_size}-{key}.json"
+    path = cfg.resolved_data_dir() / "tokenizers" / name
     with _lock(path.with_suffix(".lock")):
         if not path.is_file():
             train_bpe(_bpe_training_text(cfg, corpus), vocab_size=cfg.bpe_vocab_size, path=path)

