@@ -100,8 +100,8 @@ def run_with_grads(fn: Callable, inputs: dict[str, torch.Tensor], seed: int = 1,
         x.grad = None
     o, state = fn(**inputs, output_final_state=True, **kwargs)
     gen = torch.Generator().manual_seed(seed)
-    loss = (o.float() * torch.randn(o.shape, generator=gen)).sum()
-    loss = loss + (state.float() * torch.randn(state.shape, generator=gen)).sum()
+    cotangent = lambda x: torch.randn(x.shape, generator=gen).to(x.device)  # noqa: E731
+    loss = (o.float() * cotangent(o)).sum() + (state.float() * cotangent(state)).sum()
     loss.backward()
     grads = {name: x.grad.clone() for name, x in inputs.items()}
     return o.detach(), state.detach(), grads

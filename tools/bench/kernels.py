@@ -1,0 +1,211 @@
+"""Benchmark of evolve.kernels: forward + backward time of each op, in one run.
+
+Compares, at T=1024, B=4, H=4, K=V=32 by default:
+- our token-by-token reference (naive) against our chunked form (chunk), with the speed-up;
+- our chunked form against fla's plain-PyTorch references (its chunk-in-torch functions and its
+  recurrences) where flash-linear-attention imports;
+- on CUDA (--device cuda), also the dispatcher's default there (fla's Triton kernels).
+
+Run from the repository root:
+    .venv/bin/python tools/bench/kernels.py                       # CPU, writes bench-out/kernels.json
+    .venv/bin/python tools/bench/kernels.py --repeats 5 --out /tmp/k.json --ops delta_rule gla
+    python tools/bench/kernels.py --device cuda --T 4096          # on a GPU machine
+
+Each timing is the minimum and the median of --repeats runs after one warm-up run; the naive references are run
+--naive-repeats times without warm-up (they take seconds each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import evolve.kernels as kernels
+from evolve.kernels import dispatch
+
+OPS = ("linear_attn", "delta_rule", "gated_delta_rule", "gla", "short_conv")
+
+
+@dataclass
+class Row:
+    op: str
+    impl: str
+    ms: float | None  # median
+    min_ms: float | None = None
+    speedup_vs_naive: float | None = None
+    note: str = ""
+
+
+def make_inputs(op: str, B: int, T: int, H: int, K: int, V: int, device: str) -> dict[str, torch.Tensor]:
+    """Leaf tensors (requiring grad) for one op, with realistic ranges: L2-normalised keys for
+    the delta rules, beta in (0, 1), log-decays as GLA and Gated DeltaNet produce them."""
+    g = torch.Generator().manual_seed(0)
+    randn = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    if op == "short_conv":
+        D, W = H * K, 4
+        xs = {"x": randn(B, T, D), "weight": randn(D, W) / W, "bias": randn(D)}
+    else:
+        xs = {"q": randn(B, T, H, K), "k": randn(B, T, H, K), "v": randn(B, T, H, V)}
+        if op in ("delta_rule", "gated_delta_rule"):
+            xs["k"] = F.normalize(xs["k"], dim=-1)
+            xs["beta"] = torch.sigmoid(randn(B, T, H))
+        if op == "gated_delta_rule":
+            xs["g"] = F.logsigmoid(randn(B, T, H))
+        if op == "gla":
+            xs["g"] = F.logsigmoid(randn(B, T, H, K)) / 16
+    return {n: x.to(device).requires_grad_() for n, x in xs.items()}
+
+
+def time_fwd_bwd(fn: Callable[[], torch.Tensor], repeats: int, warmup: int) -> tuple[float, float]:
+    """(median, min) milliseconds of fn() (returning the output) plus a backward pass through it.
+    The minimum is the steadier figure on a CPU shared with other work."""
+
+    def once() -> float:
+        sync()
+        start = time.perf_counter()
+        out = fn()
+        out.float().sum().backward()
+        sync()
+        return (time.perf_counter() - start) * 1e3
+
+    for _ in range(warmup):
+        once()
+    times = [once() for _ in range(repeats)]
+    return statistics.median(times), min(times)
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def ours(op: str, backend: str, xs: dict[str, torch.Tensor]) -> Callable[[], torch.Tensor]:
+    fn = getattr(kernels, op)
+
+    def run() -> torch.Tensor:
+        os.environ[dispatch.ENV_VAR] = backend
+        try:
+            return fn(**xs)[0]
+        finally:
+            os.environ.pop(dispatch.ENV_VAR, None)
+
+    return run
+
+
+def fla_references(op: str, xs: dict[str, torch.Tensor]) -> dict[str, Callable[[], torch.Tensor]]:
+    """fla's plain-PyTorch functions for `op` (empty when fla does not import). Their layouts and
+    argument orders differ from ours; see tests/test_kernels.py for the checked mapping."""
+    try:
+        import fla.ops.delta_rule.naive as fdelta
+        import fla.ops.gated_delta_rule.naive as fgated
+        import fla.ops.gla.naive as fgla
+        import fla.ops.linear_attn.naive as flinear
+    except Exception:
+        return {}
+    if op == "linear_attn":
+        q, k, v = xs["q"], xs["k"], xs["v"]
+        refs = {"fla naive_recurrent": lambda: flinear.naive_recurrent_linear_attn(q, k, v)[0]}
+        if q.shape[1] % 64 == 0:
+            refs["fla naive_chunk"] = lambda: flinear.naive_chunk_linear_attn(q, k, v)
+        return refs
+    if op == "delta_rule":
+        q, k, v = (xs[n].transpose(1, 2) for n in ("q", "k", "v"))  # fla wants [B, H, T, D]
+        beta = xs["beta"].transpose(1, 2)
+        refs = {"fla recurrence": lambda: fdelta.delta_rule_recurrence(q, k, v, beta)[0]}
+        if q.shape[2] % 32 == 0:
+            refs["fla chunkwise (C=32)"] = lambda: fdelta.delta_rule_chunkwise(q, k, v, beta)[0]
+        return refs
+    if op == "gated_delta_rule":
+        q, k, v, g, beta = (xs[n] for n in ("q", "k", "v", "g", "beta"))
+        return {
+            "fla naive_recurrent": lambda: fgated.naive_recurrent_gated_delta_rule(q, k, v, beta, g)[0],
+            "fla naive_chunk (C=64)": lambda: fgated.naive_chunk_gated_delta_rule(q, k, v, g, beta)[0],
+        }
+    if op == "gla":
+        return {"fla naive_recurrent": lambda: fgla.naive_recurrent_gla(xs["q"], xs["k"], xs["v"], xs["g"])[0]}
+    return {}
+
+
+def bench_op(op: str, args: argparse.Namespace) -> list[Row]:
+    xs = make_inputs(op, args.B, args.T, args.H, args.K, args.V, args.device)
+    rows: list[Row] = []
+
+    def add(impl: str, fn: Callable[[], torch.Tensor], repeats: int, warmup: int) -> float | None:
+        try:
+            ms, min_ms = time_fwd_bwd(fn, repeats, warmup)
+            rows.append(Row(op, impl, round(ms, 2), round(min_ms, 2)))
+            return min_ms
+        except Exception as exc:  # a reference that cannot run here is reported, not fatal
+            rows.append(Row(op, impl, None, note=f"{type(exc).__name__}: {str(exc)[:80]}"))
+            return None
+        finally:
+            for x in xs.values():
+                x.grad = None
+
+    naive_ms = add("naive", ours(op, "naive", xs), args.naive_repeats, 0)
+    add("chunk", ours(op, "chunk", xs), args.repeats, 1)
+    if args.device == "cuda" and "fla" in kernels.available_backends():
+        add("fla (triton)", ours(op, "fla", xs), args.repeats, 2)
+    if not args.no_fla_refs:
+        for name, fn in fla_references(op, xs).items():
+            slow = "recurren" in name
+            add(name, fn, args.naive_repeats if slow else args.repeats, 0 if slow else 1)
+    for row in rows:
+        if naive_ms and row.min_ms:
+            row.speedup_vs_naive = round(naive_ms / row.min_ms, 1)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--T", type=int, default=1024)
+    parser.add_argument("--B", type=int, default=4)
+    parser.add_argument("--H", type=int, default=4)
+    parser.add_argument("--K", type=int, default=32)
+    parser.add_argument("--V", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--naive-repeats", type=int, default=1)
+    parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--no-fla-refs", action="store_true", help="skip fla's PyTorch references")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/kernels.json"))
+    args = parser.parse_args(argv)
+
+    rows = [row for op in args.ops for row in bench_op(op, args)]
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"forward+backward, B={args.B} T={args.T} H={args.H} K={args.K} V={args.V}, {device}, "
+          f"torch {torch.__version__}")
+    print("speed-up = naive's min / this row's min")
+    print(f"{'op':<18}{'impl':<24}{'min ms':>10}{'median':>10}{'speed-up':>10}  note")
+    for r in rows:
+        ms = "-" if r.ms is None else f"{r.ms:.1f}"
+        min_ms = "-" if r.min_ms is None else f"{r.min_ms:.1f}"
+        ratio = "" if r.speedup_vs_naive is None else f"{r.speedup_vs_naive:.1f}x"
+        print(f"{r.op:<18}{r.impl:<24}{min_ms:>10}{ms:>10}{ratio:>10}  {r.note}")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "device": device,
+        "torch": torch.__version__,
+        "rows": [asdict(r) for r in rows],
+    }
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
