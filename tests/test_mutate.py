@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_space import assert_allowed_imports, needs_kernels
+from test_space import assert_allowed_imports, needs_kernels, skip_without
 
 from evolve.model.edits import Edit, EditError, apply_edits, describe_changes, edits_schema
 from evolve.model.render import render, spec_from_source
@@ -72,7 +72,8 @@ def test_the_mutator_needs_no_torch() -> None:
 
 def test_children_are_deterministic_under_a_seed() -> None:
     def run(seed: int) -> list[tuple[str, str]]:
-        return [(c.spec.digest(), c.motivation) for c in propose(BASELINES, random.Random(seed), 30)]
+        children = propose(BASELINES, random.Random(seed), 30)
+        return [(c.spec.digest(), c.motivation) for c in children]
 
     assert run(3) == run(3)
     assert run(3) != run(4)
@@ -135,9 +136,11 @@ def test_two_hundred_children_render_to_allowed_self_describing_code() -> None:
 
 
 @needs_kernels
-def test_a_sample_of_children_builds_and_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_sample_of_children_builds_and_runs(device: str, tmp_path: Path) -> None:
     import torch
 
+    skip_without(device)
     from evolve.model.contract import MixerConfig, load_mixer_class
 
     children = propose(BASELINES, random.Random(11), 200)
@@ -147,7 +150,8 @@ def test_a_sample_of_children_builds_and_runs(tmp_path: Path) -> None:
         path.write_text(render(child.spec))
         torch.manual_seed(0)
         mixer = load_mixer_class(path)(MixerConfig(hidden_size=64, num_heads=2, max_seq_len=64))
-        x = torch.randn(2, 37, 64, requires_grad=True)
+        mixer = mixer.to(device)
+        x = torch.randn(2, 37, 64, device=device, requires_grad=True)
         y = mixer(x)
         assert y.shape == (2, 37, 64) and torch.isfinite(y).all(), child.motivation
         y.square().mean().backward()

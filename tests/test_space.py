@@ -1,4 +1,4 @@
-"""The design space (MixerSpec, rules, schema) and the renderer, against the hand-written baselines."""
+"""The design space (MixerSpec, rules, schema) and the renderer, checked against the baselines."""
 
 from __future__ import annotations
 
@@ -176,6 +176,13 @@ def test_random_specs_render_to_parsable_self_describing_code() -> None:
         assert describe(spec)
 
 
+def skip_without(device: str) -> None:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device (on one, evolve.kernels dispatches to fla's kernels)")
+
+
 def _same_seed_pair(name: str, conv_size: int, tmp_path: Path):
     import torch
 
@@ -192,13 +199,16 @@ def _same_seed_pair(name: str, conv_size: int, tmp_path: Path):
 
 
 @needs_kernels
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("conv_size", [4, 0])
 @pytest.mark.parametrize("name", BASELINE_NAMES)
 def test_rendered_baseline_is_equivalent_to_the_hand_written_one(
-        name: str, conv_size: int, tmp_path: Path) -> None:
+        name: str, conv_size: int, device: str, tmp_path: Path) -> None:
     import torch
 
+    skip_without(device)
     hand, rendered = _same_seed_pair(name, conv_size, tmp_path)
+    hand, rendered = hand.to(device), rendered.to(device)
     # Same parameter names, shapes and order, and the same initial values from the same seed.
     hand_state, rendered_state = hand.state_dict(), rendered.state_dict()
     assert list(hand_state) == list(rendered_state)
@@ -209,7 +219,7 @@ def test_rendered_baseline_is_equivalent_to_the_hand_written_one(
     for p in hand.parameters():
         p.data.add_(0.1 * torch.randn_like(p))
     rendered.load_state_dict(hand.state_dict(), strict=True)
-    x = torch.randn(2, 37, 64)
+    x = torch.randn(2, 37, 64, device=device)
     x_hand, x_rendered = x.clone().requires_grad_(), x.clone().requires_grad_()
     y_hand, y_rendered = hand(x_hand), rendered(x_rendered)
     torch.testing.assert_close(y_rendered, y_hand)

@@ -160,7 +160,7 @@ class _Body:
         elif s.decay == "channel":
             self.constants += "GATE_RANK = 16\n"
             bias = s.decay_param == "logsigmoid"
-            self.p(f"self.gk_proj = nn.Sequential(nn.Linear(d, GATE_RANK, bias=False),",
+            self.p("self.gk_proj = nn.Sequential(nn.Linear(d, GATE_RANK, bias=False),",
                    f"                             nn.Linear(GATE_RANK, {kw}, bias={bias}))")
         if s.decay_param == "logsigmoid" and s.decay in ("scalar", "channel"):
             self.constants += f"GATE_LOGIT_NORMALIZER = {s.gate_normalizer}\n"

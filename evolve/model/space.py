@@ -180,10 +180,11 @@ class MixerSpec:
     """Position encoding added to the mixer's input."""
 
     def __post_init__(self) -> None:
-        values = {name: coerce_choice(name, getattr(self, name)) for name in FIELDS}
+        values = {name: getattr(self, name) for name in FIELDS}
         problems = spec_problems(values)
         if problems:
             raise SpecError("invalid mixer spec:\n  " + "\n  ".join(p.message for p in problems))
+        values = {name: coerce_choice(name, value) for name, value in values.items()}
         for name, value in canonical(values).items():
             object.__setattr__(self, name, value)
 
