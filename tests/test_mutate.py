@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 from test_space import assert_allowed_imports, needs_kernels, skip_without
 
-from evolve.model.edits import Edit, EditError, apply_edits, describe_changes, edits_schema
+from evolve.model.edits import (
+    Edit,
+    EditError,
+    apply_edits,
+    describe_changes,
+    edits_schema,
+    proposal_schema,
+)
 from evolve.model.render import render, spec_from_source
 from evolve.model.space import BASELINE_SPECS, FIELDS, OPTIONS, MixerSpec
 from evolve.mutate import MutatorConfig, propose
@@ -37,6 +44,9 @@ def schema_admits(schema: dict[str, Any], value: Any) -> bool:
         return all(schema_admits(schema["properties"][k], v) for k, v in value.items())
     if "anyOf" in schema:
         return any(schema_admits(option, value) for option in schema["anyOf"])
+    if schema.get("type") == "string":
+        return isinstance(value, str) and schema.get("minLength", 0) <= len(value) \
+            <= schema.get("maxLength", len(value))
     if "const" in schema:
         return value == schema["const"]
     if "enum" in schema:
@@ -174,6 +184,12 @@ def test_edits_schema_excludes_the_parents_values(name: str) -> None:
     assert not schema_admits(schema, [{"field": "beta", "value": parent.beta}])
     edit = {"field": "position", "value": "none" if parent.position != "none" else "learned"}
     assert schema_admits(schema, [edit])
+    proposal = proposal_schema(parent)
+    assert list(proposal["properties"]) == ["motivation", "edits"]
+    why = "Learned positions give the mixer absolute order information."
+    assert schema_admits(proposal, {"motivation": why, "edits": [edit]})
+    assert not schema_admits(proposal, {"motivation": "1", "edits": [edit]})
+    assert not schema_admits(proposal, {"motivation": why, "edits": []})
 
 
 def test_apply_edits_makes_the_child() -> None:

@@ -4,6 +4,7 @@ A proposal is a list of at least one edit, and each edit's allowed values exclud
 current value, so a model constrained by `edits_schema(parent)` cannot copy its parent:
 
     schema = edits_schema(parent)   # JSON schema: [{"field": "beta", "value": "sigmoid2"}, ...]
+    schema = proposal_schema(parent)  # {"motivation": "...", "edits": [...]}: an object root
     child = apply_edits(parent, [{"field": "beta", "value": "sigmoid2"}])
     describe_changes(parent, child) # ["changed beta from sigmoid to sigmoid2 (...)"]
 
@@ -30,6 +31,9 @@ from evolve.model.space import (
     repair as repair_values,
     spec_problems,
 )
+
+
+JSON_SCHEMA = "https://json-schema.org/draft/2020-12/schema"
 
 
 class EditError(SpecError):
@@ -59,6 +63,29 @@ def allowed_values(parent: MixerSpec, name: str, *, allow_quadratic: bool = Fals
 def edits_schema(parent: MixerSpec, *, max_edits: int = 3, allow_quadratic: bool = False
                  ) -> dict[str, Any]:
     """JSON schema of 1..max_edits edits of `parent`; no edit can keep a field's current value."""
+    return {"$schema": JSON_SCHEMA, "title": "Edits of the parent MixerSpec",
+            **_edits_array(parent, max_edits, allow_quadratic)}
+
+
+def proposal_schema(parent: MixerSpec, *, max_edits: int = 3, allow_quadratic: bool = False,
+                    min_motivation: int = 40, max_motivation: int = 800) -> dict[str, Any]:
+    """JSON schema of a spec-mode proposal: {"motivation": ..., "edits": [...]}.
+
+    The root is an object (some servers accept no other root), and the motivation comes first
+    so that a model states its reason before it chooses the edits.
+    """
+    motivation = {"type": "string", "minLength": min_motivation, "maxLength": max_motivation,
+                  "description": "Why these edits should improve the parent: the mechanism and "
+                                 "the expected effect, in one or two sentences."}
+    return {"$schema": JSON_SCHEMA, "title": "Spec-mode proposal", "type": "object",
+            "properties": {"motivation": motivation,
+                           "edits": _edits_array(parent, max_edits, allow_quadratic)},
+            "required": ["motivation", "edits"], "additionalProperties": False}
+
+
+def _edits_array(parent: MixerSpec, max_edits: int, allow_quadratic: bool) -> dict[str, Any]:
+    if max_edits < 1:
+        raise ValueError(f"max_edits={max_edits} must be >= 1")
     items = []
     for name in FIELDS:
         choices = allowed_values(parent, name, allow_quadratic=allow_quadratic)
@@ -67,9 +94,7 @@ def edits_schema(parent: MixerSpec, *, max_edits: int = 3, allow_quadratic: bool
                           "properties": {"field": {"const": name},
                                          "value": field_schema(name, choices)},
                           "required": ["field", "value"], "additionalProperties": False})
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "title": "Edits of the parent MixerSpec", "type": "array", "minItems": 1,
-            "maxItems": max_edits, "items": {"anyOf": items}}
+    return {"type": "array", "minItems": 1, "maxItems": max_edits, "items": {"anyOf": items}}
 
 
 def parse_edits(parent: MixerSpec, edits: Any, *, allow_quadratic: bool = False) -> list[Edit]:
