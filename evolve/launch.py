@@ -78,7 +78,8 @@ class LaunchConfig:
     constraint: str | None = None
     """Slurm node features (--constraint), e.g. 'a100|h100'."""
     gpus_per_task: int = 0
-    """GPUs per training (--gpus-per-task; locally: CUDA_VISIBLE_DEVICES=0..N-1)."""
+    """GPUs per training (--gpus-per-node, as each job is one task on one node; locally:
+    CUDA_VISIBLE_DEVICES=0..N-1)."""
     cpus_per_task: int = 1
     """CPU cores per training (--cpus-per-task)."""
     mem_gb: float | None = None
@@ -99,7 +100,7 @@ class LaunchConfig:
     python: str | None = None
     """Python command that runs the training; None: the interpreter running the driver."""
     job_name: str = "evolve"
-    """Prefix of Slurm job names; the run and submission names are appended."""
+    """Prefix of Slurm job names; the run's name and uid and the submission are appended."""
     use_srun: bool = True
     """Start the training through srun inside the allocation (submitit's default)."""
     poll_s: float = 15.0
@@ -148,7 +149,8 @@ def slurm_parameters(cfg: LaunchConfig, job_name: str) -> dict[str, Any]:
         if getattr(cfg, key) is not None:
             params[key] = getattr(cfg, key)
     if cfg.gpus_per_task:
-        params["gpus_per_task"] = cfg.gpus_per_task
+        # One task per job, so per node = per task; --gpus-per-task would also need --ntasks.
+        params["gpus_per_node"] = cfg.gpus_per_task
     if cfg.mem_gb is not None:
         params["mem"] = f"{int(round(cfg.mem_gb * 1024))}M"
     if cfg.setup:
@@ -277,7 +279,7 @@ class Launcher:
                     f"{', '.join(SUBMITTABLE_STATUSES)} may be submitted, so no training runs twice")
         name = f"s{len(state.submissions):06d}"
         folder = self.store.job_folder(name)
-        job_name = f"{self.cfg.job_name}-{self.store.name}-{name}"
+        job_name = f"{self.cfg.job_name}-{self.store.name}-{self.store.uid}-{name}"
         for cid in cands:
             self._archive_error(cid, state.candidates[cid].attempts)
         self.store.record("submit_begin", submission=name, executor=self.cfg.executor,

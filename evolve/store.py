@@ -29,6 +29,7 @@ own candidate folder (result.json, train/), with `atomic_write_json`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -137,6 +138,7 @@ class Store:
                  writer: bool = False) -> None:
         self.root = Path(root).absolute()
         self.cfg = cfg or StoreConfig()
+        self._uid: str | None = None
         if self.cfg.group_shareable:
             # Process-wide on purpose: files written by submitit and by jobs (which inherit the
             # umask locally, and through SLURM_UMASK on Slurm) must be group-writable too.
@@ -152,6 +154,18 @@ class Store:
     @property
     def name(self) -> str:
         return self.root.name
+
+    @property
+    def uid(self) -> str:
+        """A random id given to the run at creation (tells apart runs that share a name)."""
+        if self._uid is None:
+            with open(self.journal_path, "rb") as f:
+                first = f.readline()
+            try:
+                self._uid = str(json.loads(first).get("uid", ""))
+            except ValueError:
+                self._uid = ""
+        return self._uid
 
     @property
     def run_yaml(self) -> Path:
@@ -237,7 +251,8 @@ class Store:
         for d in (store.candidates_dir, store.cognition_dir, store.llm_dir, store.jobs_dir,
                   store.locks_dir):
             store._mkdir(d)
-        store.record("run_created", format=1, host=socket.gethostname(), pid=os.getpid())
+        store.record("run_created", format=1, uid=os.urandom(4).hex(), host=socket.gethostname(),
+                     pid=os.getpid())
         # run.yaml last: it marks the folder as a run, so a crash before it leaves a folder that
         # `create` can complete.
         store._write_config(new)

@@ -143,3 +143,208 @@ if __name__ == "__main__":
         print(__doc__, file=sys.stderr)
         sys.exit(2)
     sys.exit(jobs_for_tests.drive(sys.argv[2:]))
+
+
+# Scenarios shared by tests/test_launch.py (local executor) and tests/test_slurm.py (Slurm).
+# Each takes a fresh folder and the executor name and asserts on files, journal and metrics.
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def launch_config(executor: str, **kw: Any) -> Any:
+    from evolve.launch import LaunchConfig
+
+    base = dict(executor=executor, timeout_min=5, signal_delay_s=30, poll_s=0.5, lost_after_s=20,
+                result_grace_s=5, cpus_per_task=1, array_parallelism=4)
+    base.update(kw)
+    return LaunchConfig(**base)
+
+
+def new_run(root: Any, n: int) -> tuple[Any, list[str]]:
+    from evolve.store import Store
+
+    store = Store.create(root, {"test": True})
+    cids = [store.new_candidate(generation=0) for _ in range(n)]
+    for cid in cids:
+        store.record("checked", cid, passed=True)
+    return store, cids
+
+
+def events(store: Any, name: str) -> list[dict[str, Any]]:
+    return [e for e in store.events() if e["event"] == name]
+
+
+def wait_for(cond: Any, timeout_s: float, what: str) -> None:
+    end = time.time() + timeout_s
+    while not cond():
+        if time.time() > end:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def cleanup(store: Any) -> None:
+    """Cancel whatever jobs of this run still live (a failed test must not leave jobs behind)."""
+    from evolve.scheduler import local_job_info
+
+    ids = {e["job_id"]: e.get("executor") for e in events(store, "submitted")}
+    for job_id, executor in ids.items():
+        if executor == "slurm":
+            subprocess_run(["scancel", job_id])
+        elif executor == "local":
+            folder = None
+            for sub in store.replay().submissions.values():
+                if job_id in sub.job_ids.values():
+                    folder = store.root / sub.folder
+            if folder is not None and local_job_info(job_id, folder).active:
+                os.kill(int(job_id), signal.SIGINT)
+
+
+def subprocess_run(cmd: list[str]) -> str:
+    import subprocess
+
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+
+
+def scenario_generation(root: Any, executor: str, steps: int = 6) -> Any:
+    """Four candidates as one array: every result arrives, every metric step exactly once."""
+    from evolve.launch import Launcher
+
+    store, cids = new_run(root, NUM_CANDIDATES)
+    launcher = Launcher(store, launch_config(executor))
+    try:
+        ids = launcher.submit(cids, CountingJob(steps=steps, step_s=0.2), {"lr": 0.5}, generation=0)
+        assert len(set(ids.values())) == NUM_CANDIDATES
+        final = launcher.wait(timeout_s=120, poll_s=0.3)
+    finally:
+        cleanup(store)
+    assert final == {c: "done" for c in cids}
+    assert len(events(store, "submit_begin")) == 1
+    for cid in cids:
+        paths = store.candidate(cid)
+        assert read_json(paths.result)["steps"] == steps
+        assert read_json(paths.result)["cfg"] == {"lr": 0.5}
+        assert [m["step"] for m in metrics(paths.dir)] == list(range(steps))
+        job = read_json(paths.job)
+        assert job["job_id"] == ids[cid] and job["outcome"] == "done"
+    assert {s.status for s in store.replay().candidates.values()} == {"done"}
+    return store, ids
+
+
+def scenario_requeue(root: Any, executor: str, steps: int = 8) -> Any:
+    """USR2 mid-training: the job checkpoints, is requeued and finishes; no step runs twice."""
+    from evolve.launch import Launcher
+
+    store, cids = new_run(root, 1)
+    cid = cids[0]
+    launcher = Launcher(store, launch_config(executor))
+    try:
+        launcher.submit(cids, CountingJob(steps=steps, step_s=0.3), {}, generation=0)
+        wait_for(lambda: len(metrics(store.candidate(cid).dir)) >= 2, 60, "two training steps")
+        launcher.interrupt(cid)
+        final = launcher.wait(timeout_s=120, poll_s=0.3)
+    finally:
+        cleanup(store)
+    assert final == {cid: "done"}
+    lines = metrics(store.candidate(cid).dir)
+    assert [m["step"] for m in lines] == list(range(steps)), "a step was lost or repeated"
+    pids = [m["pid"] for m in lines]
+    assert len(set(pids)) == 2 and pids[0] != pids[-1], "the job was not restarted"
+    assert len({m["job"] for m in lines}) == 1, "the requeued job kept its id"
+    done = events(store, "done")[0]
+    assert done["requeues"] == 1
+    return store
+
+
+def run_driver(run: Any, executor: str, *flags: str, log: Any) -> Any:
+    import subprocess
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = TESTS_DIR + os.pathsep + env.get("PYTHONPATH", "")
+    # Output to a file: the local executor's job processes inherit the driver's stdout, and a
+    # pipe would stay open after the driver is killed.
+    out = open(log, "w")
+    return subprocess.Popen([sys.executable, os.path.join(TESTS_DIR, "jobs_for_tests.py"), "drive",
+                             str(run), executor, *flags], stdout=out, stderr=subprocess.STDOUT,
+                            env=env)
+
+
+def read_log_line(log: Any, prefix: str) -> dict[str, Any] | None:
+    try:
+        text = open(log).read()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(prefix + " "):
+            return json.loads(line[len(prefix) + 1:])  # type: ignore[no-any-return]
+    return None
+
+
+def scenario_driver_killed(root: Any, executor: str, *, crash_after_sbatch: bool = False) -> Any:
+    """The driver dies by SIGKILL while its array runs (or right after sbatch, before any id was
+    recorded); a restarted driver collects the same jobs and submits nothing again."""
+    from evolve.store import Store
+
+    run = os.path.join(str(root), "run")
+    first_log, second_log = os.path.join(str(root), "d1.log"), os.path.join(str(root), "d2.log")
+    flags = ["--crash-after-sbatch"] if crash_after_sbatch else []
+    first = run_driver(run, executor, *flags, log=first_log)
+    try:
+        if crash_after_sbatch:
+            assert first.wait(timeout=120) == -signal.SIGKILL, open(first_log).read()
+            submitted = None
+        else:
+            wait_for(lambda: read_log_line(first_log, "SUBMITTED") is not None or
+                     first.poll() is not None, 120, "the first driver to submit")
+            submitted = read_log_line(first_log, "SUBMITTED")
+            assert submitted is not None, open(first_log).read()
+            time.sleep(1.0)  # jobs are running now
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=30)
+        store = Store.open(run)
+        second = run_driver(run, executor, "--resume", log=second_log)
+        assert second.wait(timeout=180) == 0, open(second_log).read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+        if Store.is_run(run):
+            cleanup(Store.open(run))
+    resumed = read_log_line(second_log, "RESUMED")
+    final = read_log_line(second_log, "FINAL")
+    assert resumed is not None and final is not None, open(second_log).read()
+    if submitted is not None:
+        assert resumed == submitted, "the restarted driver must watch the very same job ids"
+    assert final == {c: "done" for c in resumed}
+    assert len(events(store, "submit_begin")) == 1, "submitted a second time"
+    subs = events(store, "submitted")
+    assert len(subs) == NUM_CANDIDATES and len({e["job_id"] for e in subs}) == NUM_CANDIDATES
+    assert sorted(e["job_id"] for e in subs) == sorted(resumed.values())
+    if crash_after_sbatch:
+        assert all(e.get("recovered") for e in subs)
+    for cid in resumed:
+        assert [m["step"] for m in metrics(store.candidate(cid).dir)] == list(range(10))
+    return store, resumed
+
+
+def scenario_failure(root: Any, executor: str) -> Any:
+    """A task that raises leaves its traceback and log tail in the candidate folder."""
+    from evolve.launch import Launcher
+
+    store, cids = new_run(root, 2)
+    launcher = Launcher(store, launch_config(executor))
+    try:
+        launcher.submit(cids[:1], CountingJob(steps=4, step_s=0.1, fail_at=1), {}, generation=0)
+        launcher.submit(cids[1:], CountingJob(steps=2, step_s=0.1), {}, generation=0)
+        final = launcher.wait(timeout_s=120, poll_s=0.3)
+    finally:
+        cleanup(store)
+    assert final == {cids[0]: "failed", cids[1]: "done"}
+    err = read_json(store.candidate(cids[0]).error)
+    assert "RuntimeError: deliberate failure at step 1" in err["traceback"]
+    assert "CountingJob" in err["traceback"] or "__call__" in err["traceback"]
+    assert "starting at step 0" in err["stdout_tail"]
+    assert err["stderr_tail"].strip(), "the log tail is empty"
+    failed = events(store, "failed")[0]
+    assert failed["candidate"] == cids[0] and "deliberate failure" in failed["error"]
+    assert store.replay().candidates[cids[0]].status == "failed"
+    assert not store.candidate(cids[1]).error.exists()
+    return store

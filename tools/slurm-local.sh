@@ -13,11 +13,14 @@
 # Settings:  EVOLVE_SLURM_DIR   state folder            (default /tmp/evolve-slurm)
 #            EVOLVE_SLURM_CPUS  CPUs the node claims    (default 8: four 2-CPU tasks at once)
 #            EVOLVE_SLURM_MEM_MB memory the node claims (default 16000)
+#            EVOLVE_SLURM_GPUS  GPUs the node claims   (default 4; count-only, no devices: enough
+#                               for --gpus-per-task to be scheduled and accounted, not to compute)
 set -euo pipefail
 
 DIR=${EVOLVE_SLURM_DIR:-/tmp/evolve-slurm}
 CPUS=${EVOLVE_SLURM_CPUS:-8}
 MEM_MB=${EVOLVE_SLURM_MEM_MB:-16000}
+GPUS=${EVOLVE_SLURM_GPUS:-4}
 CLUSTER=evolve
 ACCOUNT=evolve
 DB_PORT=${EVOLVE_SLURM_DB_PORT:-33061}
@@ -113,7 +116,8 @@ JobAcctGatherFrequency=30
 JobCompType=jobcomp/none
 # The node may claim more CPUs and memory than the machine has, so arrays run in parallel.
 SlurmdParameters=config_overrides
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+GresTypes=gpu
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB $( [ "$GPUS" -gt 0 ] && echo "Gres=gpu:$GPUS") State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
   (umask 077; cat >"$DIR/etc/slurmdbd.conf" <<EOF
@@ -133,8 +137,19 @@ StorageLoc=slurm_acct_db
 EOF
   )
   chmod 600 "$DIR/etc/slurmdbd.conf"
+  # Fake GPUs: character devices aliasing /dev/null (slurmd wants device files; a count alone
+  # registers 0 GPUs). Jobs can ask for them and sacct accounts them; nothing computes on them.
+  : >"$DIR/etc/gres.conf"
+  if [ "$GPUS" -gt 0 ]; then
+    mkdir -p "$DIR/dev"
+    for ((i = 0; i < GPUS; i++)); do
+      [ -e "$DIR/dev/gpu$i" ] || mknod "$DIR/dev/gpu$i" c 1 3 2>/dev/null || : >"$DIR/dev/gpu$i"
+    done
+    echo "NodeName=$NODE Name=gpu File=$DIR/dev/gpu[0-$((GPUS - 1))]" >"$DIR/etc/gres.conf"
+  fi
   link_config slurm.conf
   link_config slurmdbd.conf
+  link_config gres.conf
 }
 
 start_munge() {
@@ -229,7 +244,7 @@ cmd_start() {
 stop_pid() {  # stop_pid PIDFILE NAME: TERM, wait, then KILL; only the pid this cluster recorded
   local f=$1 name=$2 pid
   alive "$f" || return 0
-  pid=$(cat "$f")
+  pid=$(cat "$f" 2>/dev/null) || return 0  # the daemon may remove its pid file as it exits
   log "stopping $name ($pid)"
   kill "$pid" 2>/dev/null || true
   for _ in $(seq 1 40); do alive "$f" || return 0; sleep 0.25; done

@@ -1,0 +1,112 @@
+"""Job arrays through submitit on this machine: the local executor (subprocesses) and debug.
+
+The scenarios live in jobs_for_tests.py and run again on a real Slurm cluster in test_slurm.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import jobs_for_tests as jt
+from evolve.launch import Launcher, LaunchConfig, SubmissionError
+from evolve.store import StateError, read_json
+
+
+@pytest.fixture(autouse=True)
+def importable_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Job processes unpickle jobs_for_tests.CountingJob, so they must be able to import it.
+    monkeypatch.setenv("PYTHONPATH", jt.TESTS_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def test_generation_of_four_as_one_submission(tmp_path: Path) -> None:
+    jt.scenario_generation(tmp_path / "run", "local")
+
+
+def test_interrupted_task_requeues_without_repeating_steps(tmp_path: Path) -> None:
+    jt.scenario_requeue(tmp_path / "run", "local")
+
+
+def test_killed_driver_reattaches_to_the_same_jobs(tmp_path: Path) -> None:
+    jt.scenario_driver_killed(tmp_path, "local")
+
+
+def test_driver_killed_right_after_submitting_recovers_ids(tmp_path: Path) -> None:
+    jt.scenario_driver_killed(tmp_path, "local", crash_after_sbatch=True)
+
+
+def test_failing_task_leaves_traceback_and_log_tail(tmp_path: Path) -> None:
+    jt.scenario_failure(tmp_path / "run", "local")
+
+
+def test_local_parallelism_cap(tmp_path: Path) -> None:
+    store, cids = jt.new_run(tmp_path / "run", 4)
+    launcher = Launcher(store, jt.launch_config("local", array_parallelism=2))
+    try:
+        launcher.submit(cids, jt.CountingJob(steps=4, step_s=0.25), {})
+        assert launcher.wait(timeout_s=120, poll_s=0.3) == {c: "done" for c in cids}
+    finally:
+        jt.cleanup(store)
+    spans = []
+    for cid in cids:
+        ts = [m["t"] for m in jt.metrics(store.candidate(cid).dir)]
+        spans.append((ts[0] - 0.3, ts[-1]))  # the first step began ~one step before its line
+    most = max(sum(1 for a, b in spans if a <= t <= b) for t, _ in spans)
+    assert most <= 2, f"{most} trainings ran at once with array_parallelism=2: {spans}"
+
+
+def test_debug_executor_runs_in_process(tmp_path: Path) -> None:
+    store, cids = jt.new_run(tmp_path / "run", 2)
+    launcher = Launcher(store, jt.launch_config("debug"))
+    launcher.submit(cids[:1], jt.CountingJob(steps=3, step_s=0.0), {"x": 1})
+    launcher.submit(cids[1:], jt.CountingJob(steps=3, step_s=0.0, fail_at=0), {})
+    assert launcher.wait(timeout_s=30, poll_s=0.1) == {cids[0]: "done", cids[1]: "failed"}
+    assert read_json(store.candidate(cids[0]).result)["steps"] == 3
+    assert "deliberate failure" in read_json(store.candidate(cids[1]).error)["traceback"]
+    # Debug jobs die with their driver: a new driver records a still-submitted one as lost.
+    c3 = store.new_candidate()
+    Launcher(store, jt.launch_config("debug")).submit([c3], jt.CountingJob(steps=1), {})
+    assert Launcher(store, jt.launch_config("debug")).resume() == {}
+    assert store.replay().candidates[c3].status == "lost"
+
+
+def test_no_second_submission_of_a_live_candidate(tmp_path: Path) -> None:
+    store, cids = jt.new_run(tmp_path / "run", 1)
+    launcher = Launcher(store, jt.launch_config("local"))
+    try:
+        launcher.submit(cids, jt.CountingJob(steps=20, step_s=0.2), {})
+        with pytest.raises(StateError, match="is submitted"):
+            Launcher(store, jt.launch_config("local")).submit(cids, jt.CountingJob(), {})
+        launcher.cancel(cids[0])
+    finally:
+        jt.cleanup(store)
+    assert store.replay().candidates[cids[0]].status == "cancelled"
+    assert len(jt.events(store, "submit_begin")) == 1
+
+
+def test_missing_sbatch_is_a_clear_recorded_error(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch, no srun
+    store, cids = jt.new_run(tmp_path / "run", 2)
+    with pytest.raises(SubmissionError, match="'sbatch' is not on PATH"):
+        Launcher(store, jt.launch_config("slurm")).submit(cids, jt.CountingJob(), {})
+    failed = jt.events(store, "submit_failed")
+    assert len(failed) == 1 and failed[0]["candidates"] == cids
+    assert "sbatch" in failed[0]["error"]
+    state = store.replay()
+    assert {state.candidates[c].status for c in cids} == {"submit_failed"}
+    assert state.open_submissions() == []
+    assert not store.candidate(cids[0]).job.exists()
+
+
+def test_launch_config_validation() -> None:
+    with pytest.raises(ValueError, match="debug, local, slurm"):
+        LaunchConfig(executor="kubernetes")
+    with pytest.raises(ValueError, match="timeout_min"):
+        LaunchConfig(timeout_min=0)
+    with pytest.raises(ValueError, match="signal_delay_s"):
+        LaunchConfig(timeout_min=1, signal_delay_s=90)
+    with pytest.raises(ValueError, match="sbatch_extra"):
+        LaunchConfig(sbatch_extra={"--reservation": "x"})

@@ -1,0 +1,223 @@
+"""The launch scenarios on a real Slurm cluster (bash tools/slurm-local.sh start), plus what only
+Slurm has: lost jobs, refused submissions, GPU-hours from sacct, and the sbatch scripts as jobs.
+
+Skipped only where sbatch is absent and CI is unset; in CI a missing Slurm is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import jobs_for_tests as jt
+from evolve.launch import Launcher, SubmissionError, sbatch_script
+from evolve.scheduler import array_master, slurm_job_infos
+from evolve.store import read_json
+
+pytestmark = pytest.mark.slurm
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sh(*cmd: str) -> str:
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=60).stdout
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm_cluster() -> None:
+    if shutil.which("sbatch") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but sbatch is not on PATH: run `bash tools/slurm-local.sh start`")
+        pytest.skip("no Slurm here (sbatch not on PATH); start one with `bash tools/slurm-local.sh start`")
+    states = _sh("sinfo", "-h", "-o", "%T").split()
+    if not any(s.rstrip("*") in ("idle", "mixed", "allocated", "completing") for s in states):
+        pytest.fail(f"Slurm does not answer or has no usable node (sinfo: {states}); "
+                    "run `bash tools/slurm-local.sh start`")
+
+
+@pytest.fixture(autouse=True)
+def importable_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # sbatch exports this environment to the jobs, which unpickle jobs_for_tests.CountingJob.
+    monkeypatch.setenv("PYTHONPATH", jt.TESTS_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def has_gpus() -> bool:
+    return "gpu" in _sh("sinfo", "-h", "-o", "%G")
+
+
+def test_generation_of_four_as_one_array(tmp_path: Path) -> None:
+    store, ids = jt.scenario_generation(tmp_path / "run", "slurm")
+    masters = {array_master(j) for j in ids.values()}
+    assert len(masters) == 1, f"one array expected, got {ids}"
+    assert sorted(j.split("_")[1] for j in ids.values()) == ["0", "1", "2", "3"]
+    # The script submitit gave sbatch is the one sbatch_script() shows for this config.
+    folder = store.root / "jobs" / "s000000"
+    submitted = (folder / f"{masters.pop()}_submission.sh").read_text()
+    expected = sbatch_script(jt.launch_config("slurm"), folder, 4,
+                             job_name=f"evolve-run-{store.uid}-s000000")
+    assert submitted == expected
+    assert "#SBATCH --array=0-3%4" in submitted
+
+
+def test_interrupted_task_requeues_without_repeating_steps(tmp_path: Path) -> None:
+    store = jt.scenario_requeue(tmp_path / "run", "slurm")
+    job_id = jt.events(store, "done")[0]["job_id"]
+    assert slurm_job_infos([job_id])[job_id].runs == 2  # sacct saw the requeue
+
+
+def test_killed_driver_reattaches_to_the_same_jobs(tmp_path: Path) -> None:
+    store, ids = jt.scenario_driver_killed(tmp_path, "slurm")
+    name = jt.events(store, "submit_begin")[0]["job_name"]
+    arrays = set(_sh("sacct", "-n", "-X", "-P", "-o", "JobID", "--name", name).split())
+    assert {array_master(a) for a in arrays} == {array_master(j) for j in ids.values()}
+    assert len({array_master(a) for a in arrays}) == 1, f"sbatch ran more than once: {arrays}"
+
+
+def test_driver_killed_right_after_sbatch_recovers_ids(tmp_path: Path) -> None:
+    store, ids = jt.scenario_driver_killed(tmp_path, "slurm", crash_after_sbatch=True)
+    name = jt.events(store, "submit_begin")[0]["job_name"]
+    arrays = set(_sh("sacct", "-n", "-X", "-P", "-o", "JobID", "--name", name).split())
+    assert len({array_master(a) for a in arrays}) == 1, f"sbatch ran more than once: {arrays}"
+
+
+def test_failing_task_leaves_traceback_and_log_tail(tmp_path: Path) -> None:
+    store = jt.scenario_failure(tmp_path / "run", "slurm")
+    err = read_json(store.candidate("c000000").error)
+    assert err["state"] in ("FAILED", "RUNNING", "COMPLETING")  # sacct may lag the result file
+    assert "log.err" in err["logs"][0]
+
+
+def test_job_unknown_to_slurm_is_lost_then_resubmitted(tmp_path: Path) -> None:
+    store, (cid,) = jt.new_run(tmp_path / "run", 1)
+    gone = "67000000_0"  # beyond any id this cluster has handed out
+    store.record("submit_begin", submission="s000000", executor="slurm", folder="jobs/s000000",
+                 candidates=[cid])
+    store.write_json(store.candidate(cid).job, {
+        "candidate": cid, "executor": "slurm", "job_id": gone, "submission": "s000000",
+        "folder": "jobs/s000000", "submitted": time.time() - 3600, "attempt": 1,
+        "state": "SUBMITTED", "history": []})
+    store.record("submitted", cid, submission="s000000", job_id=gone, executor="slurm", attempt=1)
+    launcher = Launcher(store, jt.launch_config("slurm"))
+    assert launcher.resume() == {cid: gone}
+    assert launcher.poll() == {cid: "lost"}
+    assert store.replay().candidates[cid].status == "lost"
+    assert read_json(store.candidate(cid).job)["state"] == "LOST"
+    try:
+        launcher.submit([cid], jt.CountingJob(steps=2, step_s=0.1), {})
+        assert launcher.wait(timeout_s=120, poll_s=0.3) == {cid: "done"}
+    finally:
+        jt.cleanup(store)
+    st = store.replay().candidates[cid]
+    assert st.attempts == 2 and st.job_ids[0] == gone and st.job_ids[1] != gone
+    assert read_json(store.candidate(cid).job)["history"][0]["state"] == "LOST"
+
+
+@pytest.mark.parametrize("bad,message", [({"partition": "nope"}, "partition"),
+                                         ({"account": "nope"}, "account")])
+def test_refused_submission_is_recorded(tmp_path: Path, bad: dict, message: str) -> None:
+    store, cids = jt.new_run(tmp_path / "run", 2)
+    with pytest.raises(SubmissionError, match=f"(?i)invalid {message}"):
+        Launcher(store, jt.launch_config("slurm", **bad)).submit(cids, jt.CountingJob(), {})
+    failed = jt.events(store, "submit_failed")
+    assert len(failed) == 1 and failed[0]["candidates"] == cids and message in failed[0]["error"]
+    state = store.replay()
+    assert {state.candidates[c].status for c in cids} == {"submit_failed"}
+    assert state.open_submissions() == [] and not store.candidate(cids[0]).job.exists()
+    # The candidates can go again once the config is fixed.
+    launcher = Launcher(store, jt.launch_config("slurm"))
+    try:
+        launcher.submit(cids, jt.CountingJob(steps=1, step_s=0.0), {})
+        assert launcher.wait(timeout_s=120, poll_s=0.3) == {c: "done" for c in cids}
+    finally:
+        jt.cleanup(store)
+
+
+def test_gpu_hours_come_from_sacct(tmp_path: Path) -> None:
+    if not has_gpus():
+        pytest.skip("this cluster's nodes have no GPUs (tools/slurm-local.sh gives them 4)")
+    store, (cid,) = jt.new_run(tmp_path / "run", 1)
+    launcher = Launcher(store, jt.launch_config("slurm", gpus_per_task=2))
+    try:
+        job_id = launcher.submit([cid], jt.CountingJob(steps=6, step_s=0.5), {})[cid]
+        assert launcher.wait(timeout_s=120, poll_s=0.3) == {cid: "done"}
+    finally:
+        jt.cleanup(store)
+    time.sleep(1.5)  # let sacct record the end
+    info = slurm_job_infos([job_id])[job_id]
+    done = jt.events(store, "done")[0]
+    assert done["gpu_hours"] > 0
+    assert abs(done["gpu_hours"] - 2 * info.elapsed_s / 3600) <= 2 * 2 / 3600  # within 2 s
+    assert read_json(store.candidate(cid).job)["gpu_hours"] == done["gpu_hours"]
+
+
+FAKE_DRIVER = """#!/bin/bash
+# Stands in for `python -m evolve.cli run CONFIG`: the first start runs until USR1, then stops
+# cleanly; the second start finds the run finished.
+echo "start $* restart=${SLURM_RESTART_COUNT:-0}" >> "%(calls)s"
+if [ "$(grep -c ^start "%(calls)s")" = 1 ]; then
+  trap 'echo "stop USR1" >> "%(calls)s"; kill $sleeper; exit 0' USR1
+  sleep 300 & sleeper=$!
+  wait $sleeper
+  exit 3
+fi
+echo finished >> "%(calls)s"
+"""
+
+
+def test_driver_sbatch_requeues_itself_on_the_time_signal(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    fake = tmp_path / "fake-python"
+    fake.write_text(FAKE_DRIVER % {"calls": calls})
+    fake.chmod(0o755)
+    site = tmp_path / "site.yaml"
+    site.write_text("driver_partition: debug\ndriver_time: '00:10:00'\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(EVOLVE_SITE=str(site), EVOLVE_PYTHON=str(fake))
+    out = subprocess.run(["bash", str(REPO / "slurm" / "driver.sbatch"), "my-run.yaml"], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "Submitted batch job" in out.stdout, out.stderr
+    job = out.stdout.split()[-1]
+    try:
+        jt.wait_for(lambda: calls.exists() and "start" in calls.read_text(), 60, "the driver to start")
+        # What Slurm does at time limit minus 180 s (--signal=B:USR1@180):
+        subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
+        jt.wait_for(lambda: "finished" in calls.read_text(), 90, "the requeued driver to finish")
+        jt.wait_for(lambda: slurm_job_infos([job])[job].state == "COMPLETED", 30, "the job to end")
+    finally:
+        subprocess.run(["scancel", job], timeout=30)
+    lines = calls.read_text().splitlines()
+    assert lines == ["start -m evolve.cli run my-run.yaml restart=0", "stop USR1",
+                     "start -m evolve.cli run my-run.yaml restart=1", "finished"]
+    assert slurm_job_infos([job])[job].runs == 2
+    log = (tmp_path / f"evolve-driver-{job}.out").read_text()
+    assert "requeueing job" in log and "got SIGUSR1" in log
+
+
+def test_llm_sbatch_announces_and_cleans_up(tmp_path: Path) -> None:
+    if not has_gpus():
+        pytest.skip("llm.sbatch asks for a GPU and this cluster's nodes have none")
+    from test_slurm_scripts import check_endpoint, fake_vllm_python, wait_for_endpoint
+
+    from evolve.store import Store
+
+    store = Store.create(tmp_path / "run", {"t": 1})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(EVOLVE_VLLM_PYTHON=str(fake_vllm_python(tmp_path)),
+               EVOLVE_SITE=str(tmp_path / "no-site.yaml"))
+    out = subprocess.run(["sbatch", "--parsable", "--time=10", "--mem=1G", "--cpus-per-task=1",
+                          str(REPO / "slurm" / "llm.sbatch"),
+                          str(store.root), "tiny-model"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip()
+    try:
+        info = wait_for_endpoint(store.endpoint_path, 60)
+        check_endpoint(store, info, "tiny-model")
+        assert info["job_id"] == job
+    finally:
+        subprocess.run(["scancel", job], timeout=30)
+    jt.wait_for(lambda: not store.endpoint_path.exists(), 30, "endpoint.json to be removed")
