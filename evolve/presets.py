@@ -93,7 +93,7 @@ def tiny() -> TrainConfig:
         data=DataConfig(corpus="shakespeare", tokenizer="byte", val_fraction=0.05),
         mqar_task=MQARConfig(vocab_size=64, seq_len=64, num_kv_pairs=8,
                              eval_num_kv_pairs=(4, 8, 16), num_eval_examples=1024),
-        eval=EvalConfig(bpb_max_windows=256, lm_eval_tasks=("piqa", "arc_easy", "hellaswag"),
+        eval=EvalConfig(bpb_windows=256, lm_eval_tasks=("piqa", "arc_easy", "hellaswag"),
                         lm_eval_limit=100),
         runtime=RuntimeConfig(device="cpu", precision="fp32", engine="torch"),
     )
@@ -124,7 +124,7 @@ def explore() -> TrainConfig:
         data=DataConfig(corpus="shakespeare", tokenizer="byte"),
         mqar_task=MQARConfig(vocab_size=8192, seq_len=256, num_kv_pairs=32,
                              eval_num_kv_pairs=(16, 32, 64), num_eval_examples=2048),
-        eval=EvalConfig(bpb_max_windows=512, lm_eval_limit=500),
+        eval=EvalConfig(bpb_windows=512, lm_eval_limit=500),
         runtime=RuntimeConfig(device="cuda", precision="bf16", engine="deepspeed", zero_stage=1),
     )
 

@@ -66,9 +66,26 @@ def _evaluate(name: str, outcome: TrackOutcome, cfg: TrainConfig, data: Any) -> 
     model = outcome.model
     assert model is not None
     model.eval()
-    if name == "lm":
-        return evaluate.evaluate_lm(model, data, cfg.eval, seq_len=cfg.lm.seq_len)  # type: ignore[union-attr]
-    return evaluate.evaluate_mqar(model, cfg.mqar_task)
+    if name == "mqar":
+        by_pairs = evaluate.mqar_accuracy(model, cfg.mqar_task)
+        return {"by_pairs": {str(p): acc for p, acc in by_pairs.items()},
+                "accuracy": sum(by_pairs.values()) / len(by_pairs)}
+    assert cfg.lm is not None
+    t0 = time.time()
+    windows = data.val_windows(seq_len=cfg.lm.seq_len, max_windows=cfg.eval.bpb_windows)
+    bpb = evaluate.bits_per_byte(model, windows, data.tokenizer, batch_size=cfg.eval.batch_size)
+    out: dict[str, Any] = {"bpb": bpb, "bpb_windows": len(windows),
+                           "bpb_seconds": round(time.time() - t0, 2)}
+    runs = evaluate.run_lm_eval(model, data.tokenizer, cfg.eval, max_length=cfg.lm.seq_len)
+    if runs:
+        # Length-normalised accuracy where the task has it (the literature's convention for
+        # multiple choice), else accuracy.
+        scores = {task: r.get("acc_norm", r.get("acc")) for task, r in runs.items()}
+        out["benchmarks"] = scores
+        out["benchmark_details"] = runs
+        valid = [v for v in scores.values() if v is not None]
+        out["benchmark_avg"] = sum(valid) / len(valid) if valid else None
+    return out
 
 
 def _headline(tracks: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -115,6 +132,7 @@ def train_candidate(mixer: str | Path, cfg: TrainConfig, folder: Path,
             summary = outcome.summary()
             if outcome.status in ("done", "time_budget"):
                 summary["eval"] = _evaluate(name, outcome, cfg, data)
+            done_file.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(done_file, summary)
             result["tracks"][name] = summary
             if outcome.status == "diverged":
