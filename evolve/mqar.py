@@ -16,8 +16,8 @@ Usage::
     x, y = mqar_batch(cfg, step=0, batch_size=64, seed=0)      # int64 [64, 64] each
     x, y = mqar_eval_set(cfg, num_kv_pairs=8)                  # the fixed evaluation set
 
-Batches are a pure function of (seed, step); the evaluation set of (eval_seed, num_kv_pairs),
-drawn from a different random stream than any training batch.
+Batches are a pure function of (seed, rank, step); the evaluation set of (eval_seed,
+num_kv_pairs), drawn from a different random stream than any training batch.
 """
 
 from __future__ import annotations
@@ -87,9 +87,8 @@ def generate_mqar(rng: np.random.Generator, *, num_examples: int, vocab_size: in
 
     check_pairs(num_kv_pairs, vocab_size=vocab_size, seq_len=seq_len)
     n, p, half = num_examples, num_kv_pairs, vocab_size // 2
-    # Distinct keys and values per row: the first p columns of a random permutation.
-    keys = rng.random((n, half - 1)).argsort(axis=1)[:, :p] + 1
-    values = rng.random((n, half)).argsort(axis=1)[:, :p] + half
+    keys = _distinct(rng, n, half - 1, p) + 1
+    values = _distinct(rng, n, half, p) + half
 
     inputs = rng.integers(0, vocab_size, size=(n, seq_len))
     labels = np.full((n, seq_len), IGNORE_INDEX, dtype=np.int64)
@@ -110,14 +109,32 @@ def generate_mqar(rng: np.random.Generator, *, num_examples: int, vocab_size: in
     return inputs.astype(np.int64), labels
 
 
-def mqar_batch(cfg: MQARConfig, *, step: int, batch_size: int, seed: int,
+def _distinct(rng: np.random.Generator, n: int, k: int, p: int) -> np.ndarray:
+    """[n, p] ints from 0..k-1, distinct within a row, every ordered choice equally likely."""
+    import numpy as np
+
+    if p * p > k:
+        # Dense: the p smallest of k uniform draws are a uniform p-subset; shuffle its order.
+        return rng.permuted(np.argpartition(rng.random((n, k)), p - 1, axis=1)[:, :p], axis=1)
+    # Sparse (large vocabularies): redraw the rows that repeat a value; with p * p <= k at
+    # most about half of them do, so this ends after a few rounds and skips k draws per row.
+    out = rng.integers(0, k, size=(n, p))
+    while True:
+        s = np.sort(out, axis=1)
+        bad = (s[:, 1:] == s[:, :-1]).any(axis=1)
+        if not bad.any():
+            return out
+        out[bad] = rng.integers(0, k, size=(int(bad.sum()), p))
+
+
+def mqar_batch(cfg: MQARConfig, *, step: int, batch_size: int, seed: int, rank: int = 0,
                num_kv_pairs: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A training batch (inputs, labels), int64 [batch_size, seq_len]; a function of (seed, step)
-    only, so a resumed job draws the same batches."""
+    """A training batch (inputs, labels), int64 [batch_size, seq_len]; a function of
+    (seed, rank, step) only, so a resumed job draws the same batches and ranks differ."""
     import numpy as np
     import torch
 
-    rng = np.random.default_rng([seed, 0, step])
+    rng = np.random.default_rng([seed, 0, step, rank])
     x, y = generate_mqar(rng, num_examples=batch_size, vocab_size=cfg.vocab_size,
                          seq_len=cfg.seq_len, power_a=cfg.power_a,
                          num_kv_pairs=cfg.num_kv_pairs if num_kv_pairs is None else num_kv_pairs)
@@ -129,7 +146,7 @@ def mqar_eval_set(cfg: MQARConfig, num_kv_pairs: int) -> tuple[torch.Tensor, tor
     import numpy as np
     import torch
 
-    rng = np.random.default_rng([cfg.eval_seed, 1, num_kv_pairs])
+    rng = np.random.default_rng([cfg.eval_seed, 1, num_kv_pairs, 0])
     x, y = generate_mqar(rng, num_examples=cfg.num_eval_examples, vocab_size=cfg.vocab_size,
                          seq_len=cfg.seq_len, num_kv_pairs=num_kv_pairs, power_a=cfg.power_a)
     return torch.from_numpy(x), torch.from_numpy(y)

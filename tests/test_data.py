@@ -229,6 +229,7 @@ def test_mqar_batches_are_deterministic() -> None:
     assert torch.equal(x, x2) and torch.equal(y, y2)
     assert not torch.equal(x, mqar_batch(cfg, step=6, batch_size=32, seed=1)[0])
     assert not torch.equal(x, mqar_batch(cfg, step=5, batch_size=32, seed=2)[0])
+    assert not torch.equal(x, mqar_batch(cfg, step=5, batch_size=32, seed=1, rank=1)[0])
     ex, ey = mqar_eval_set(cfg, 8)
     assert ex.shape == (1024, 64)
     assert torch.equal(ex, mqar_eval_set(cfg, 8)[0]) and torch.equal(ey, mqar_eval_set(cfg, 8)[1])
@@ -236,7 +237,7 @@ def test_mqar_batches_are_deterministic() -> None:
 
 
 @pytest.mark.parametrize("vocab, seq_len, pairs", [(64, 64, 8), (64, 64, 16), (128, 256, 32),
-                                                   (8, 13, 3)])
+                                                   (8, 13, 3), (8192, 256, 64)])
 def test_mqar_structure(vocab: int, seq_len: int, pairs: int) -> None:
     cfg = MQARConfig(vocab_size=vocab, seq_len=seq_len, num_kv_pairs=pairs,
                      eval_num_kv_pairs=(pairs,), num_eval_examples=64)
