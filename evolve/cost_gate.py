@@ -170,10 +170,21 @@ def cost(ctx: Context) -> Verdict:
         return Verdict(gate="cost", passed=not message, message=message, measured=measured)
 
     for length in lengths:
+        if points:
+            # Cost grows at least linearly: skip a pass that would surely exceed the limit.
+            expected = points[-1]["count_s"] * length / points[-1]["length"]
+            if expected > cfg.cost_max_step_s:
+                return verdict(_too_slow(points, length, expected, cfg.cost_max_step_s,
+                                         cfg.hidden_size))
+        start = time.process_time()
         point, err = _count(ctx, mixer, _input(ctx, length))
         if err:
+            if "out of memory" in err:
+                return verdict(_out_of_memory(points, length, err, cfg.cost_fit_points, bound))
             return verdict(err)
-        points.append(point)  # type: ignore[arg-type]
+        assert point is not None
+        point["count_s"] = time.process_time() - start
+        points.append(point)
     for key in ("saved_bytes", "flops"):
         measured[f"{'memory' if key == 'saved_bytes' else 'flops'}_exponent"] = \
             _round(_fit(points, key, n))
@@ -185,11 +196,8 @@ def cost(ctx: Context) -> Verdict:
         if err:
             return verdict(err)
         if point["time_s"] > cfg.cost_max_step_s:
-            return verdict(
-                f"one forward+backward at T={point['length']} (batch 1, width {cfg.hidden_size}) "
-                f"takes {point['time_s']:.1f} s of CPU, above the limit of "
-                f"{cfg.cost_max_step_s:.0f} s: far too slow to train (a Python loop over "
-                f"tokens?). {_table(points)}")
+            return verdict(_too_slow(points, point["length"], point["time_s"],
+                                     cfg.cost_max_step_s, cfg.hidden_size))
     measured["remeasured"] = False
     if (_fit(points, "time_s", n) or 0) > bound:
         # Only time says quadratic: another process may have taken the CPU. Measure again
@@ -210,6 +218,26 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+def _too_slow(points: list[dict[str, Any]], length: int, seconds: float, limit: float,
+              width: int) -> str:
+    return (f"one forward+backward at T={length} (batch 1, width {width}) takes {seconds:.1f} s "
+            f"of CPU or more, above the limit of {limit:.0f} s: far too slow to train (a Python "
+            f"loop over tokens?). {_table(points)}")
+
+
+def _out_of_memory(points: list[dict[str, Any]], length: int, err: str, n: int,
+                   bound: float) -> str:
+    n = min(n, len(points))
+    grows = ""
+    if n >= 2:
+        grows = " Up to then " + ", ".join(
+            f"{NAMES[k]} grew as T^{_fit(points, k, n):.2f}" for k in ("saved_bytes", "flops")
+            if _fit(points, k, n) is not None) + f" (bound {bound})."
+    table = f" {_table(points)}" if points else ""
+    return (f"forward+backward ran out of memory at T={length} (batch 1): {err}.{grows}{table} "
+            f"{QUADRATIC_HINT}")
+
+
 def _too_costly(points: list[dict[str, Any]], over: list[str], bound: float, first: int) -> str:
     n = sum(1 for p in points if p["length"] >= first)
     grows = ", ".join(f"{NAMES[k]} as T^{_fit(points, k, n):.2f}" for k in over)
@@ -218,6 +246,8 @@ def _too_costly(points: list[dict[str, Any]], over: list[str], bound: float, fir
 
 
 def _table(points: list[dict[str, Any]]) -> str:
+    if not points:
+        return ""
     rows = []
     for p in points:
         timed = f"{1000 * p['time_s']:.1f} ms, " if "time_s" in p else ""

@@ -33,7 +33,7 @@ def describe(exc: BaseException, ctx: Context) -> str:
     if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc):
         text += (f" (out of memory: the sandbox allows {ctx.cfg.memory_limit_mb} MiB; the "
                  "gates use B <= 3, T <= 4096, D = 64)")
-    if isinstance(exc, PermissionError) or "Operation not permitted" in str(exc):
+    if "Operation not permitted" in str(exc) and "evolve sandbox" not in str(exc):
         text += " (refused by the sandbox: a mixer touches no files, processes or sockets)"
     if not frames:
         return text

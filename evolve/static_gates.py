@@ -74,7 +74,7 @@ def parse_gate(source: bytes, path: Path, cfg: CheckConfig) -> tuple[Verdict, as
             code = exc.text.rstrip("\n")
             caret = " " * max((exc.offset or 1) - 1 - (len(code) - len(code.lstrip())), 0)
             shown = f"\n    {code.strip()}\n    {caret}^"
-        return fail(f"{where}: SyntaxError: {exc.msg}{shown}")
+        return fail(f"{where}: {type(exc).__name__}: {exc.msg}{shown}")
     except (RecursionError, MemoryError, ValueError) as exc:
         return fail(f"{name}: the parser gave up: {type(exc).__name__}: {exc}")
     return Verdict(gate="parse", passed=True, measured=measured,
