@@ -130,6 +130,13 @@ def test_sigterm_checkpoints_and_a_rerun_resumes_without_repeating_steps(tmp_pat
     assert json.loads(done.stdout)["status"] == "ok"
 
 
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 @pytest.mark.slow
 def test_train_job_under_submitit_requeues_on_usr2(tmp_path: Path) -> None:
     submitit = pytest.importorskip("submitit")
@@ -146,7 +153,13 @@ def test_train_job_under_submitit_requeues_on_usr2(tmp_path: Path) -> None:
     deadline = time.time() + 180
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 20):
         time.sleep(0.3)
-    job._interrupt()  # USR2, as Slurm sends before the time limit
+    # USR2, as Slurm sends before the time limit. A local job's id is its controller process;
+    # the training runs in a child whose command line names the jobs folder.
+    tasks = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+             and _cmdline(p).count("submitit.core._submit") and str(tmp_path) in _cmdline(p)]
+    assert tasks
+    for pid in tasks:
+        os.kill(pid, signal.SIGUSR2)
     result = job.result()
     assert result["status"] == "ok"
     rows = metrics(cand)
