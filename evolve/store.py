@@ -385,7 +385,10 @@ class Store:
         if not LOCK_NAME.match(name):
             raise ValueError(f"lock name {name!r} may only contain letters, digits, _ . -")
         self._mkdir(self.locks_dir)
-        return RunLock(self.locks_dir / f"{name}.lock", kind=self.cfg.lock,
+        # One file name per kind: flock leaves an empty file behind, which a soft lock would take
+        # for a marker held by an unknown owner and wait on forever.
+        suffix = ".lock" if self.cfg.lock == "file" else ".softlock"
+        return RunLock(self.locks_dir / f"{name}{suffix}", kind=self.cfg.lock,
                        timeout_s=self.cfg.lock_timeout_s if timeout_s is None else timeout_s,
                        mode=self._file_mode(), on_break=self._lock_broken)
 

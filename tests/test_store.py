@@ -226,7 +226,7 @@ def test_soft_lock_of_a_dead_holder_is_broken_and_journaled(store: Store) -> Non
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == -signal.SIGKILL and proc.stdout.startswith("HELD")
     dead_pid = int(proc.stdout.split()[1])
-    assert (store.locks_dir / "cognition.lock").exists()  # the stale marker is there
+    assert (store.locks_dir / "cognition.softlock").exists()  # the stale marker is there
     soft = Store.open(store.root, StoreConfig(lock="soft", lock_timeout_s=10))
     with soft.lock("cognition"):
         pass
