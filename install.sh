@@ -20,4 +20,6 @@ if [ -z "${EVOLVE_NO_LLM:-}" ]; then
   # Compiles llama.cpp the first time (~10 min on 2 cores); pip's wheel cache makes it quick after.
   "${PIP[@]}" install -q -c constraints.txt -e '.[llm]'
 fi
+# The default corpus, fetched and tokenized now so that the first training needs no network.
+"$VENV/bin/python" tools/prepare_data.py --corpus shakespeare --shards
 "$VENV/bin/python" -c "import torch, evolve; print('evolve installed; torch', torch.__version__)"
