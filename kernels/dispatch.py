@@ -4,9 +4,10 @@ Backends:
 - "naive": the float32 token-by-token references (kernels/<op>/naive.py); slow, for checking.
 - "chunk": the chunked PyTorch forms (kernels/<op>/chunk.py); any device, the CPU default.
 - "fla":   flash-linear-attention's Triton chunk kernels (kernels/fla_ops.py); CUDA only.
-By default a call on CUDA tensors uses fla when it imports, and "chunk" otherwise. The
-environment variable EVOLVE_KERNEL_BACKEND=naive|chunk|fla forces one (read at every call, so
-a test or a job can set it late); "auto" or unset means the default.
+By default a call on CUDA tensors uses fla when it imports and its kernel can serve the call
+(fla_ops.unsupported lists the known failures), and "chunk" otherwise, with a warning once per
+reason. The environment variable EVOLVE_KERNEL_BACKEND=naive|chunk|fla forces one (read at
+every call, so a test or a job can set it late); "auto" or unset means the default.
 """
 
 import importlib.util
@@ -32,6 +33,8 @@ BACKENDS = ("naive", "chunk", "fla")
 
 # None: not tried yet; "": fla imported; otherwise the import error, shown when fla is forced
 _fla_import_error: str | None = None
+# reasons for not using fla that were already warned about (once each per process)
+_warned: set[str] = set()
 
 
 def available_backends() -> list[str]:
@@ -73,27 +76,31 @@ def forced_backend() -> str | None:
     return value
 
 
-def select_backend(x: torch.Tensor) -> str:
-    """The backend a call on tensors like `x` uses now."""
+def select_backend(op: str, x: torch.Tensor, v: torch.Tensor | None = None) -> str:
+    """The backend a call of `op` on tensors like `x` (and values `v`) uses now."""
     forced = forced_backend()
-    if forced == "fla":
-        if not x.is_cuda:
-            raise RuntimeError(
-                f"{ENV_VAR}=fla needs CUDA tensors (got {x.device}); fla's chunk kernels do not "
-                "run on CPU: use chunk or naive there"
-            )
-        if not _fla_imports():
-            raise RuntimeError(f"{ENV_VAR}=fla but fla does not import: {_fla_import_error}")
-        return "fla"
-    if forced is not None:
+    if forced is not None and forced != "fla":
         return forced
-    if x.is_cuda:
-        if _fla_imports():
-            return "fla"
+    if forced == "fla" and not x.is_cuda:
+        raise RuntimeError(
+            f"{ENV_VAR}=fla needs CUDA tensors (got {x.device}); fla's chunk kernels do not "
+            "run on CPU: use chunk or naive there"
+        )
+    if not x.is_cuda:
+        return "chunk"
+    if not _fla_imports():
+        reason = f"fla does not import ({_fla_import_error})"
+    else:
+        needs_grad = torch.is_grad_enabled()
+        reason = fla_ops.unsupported(op, x, x if v is None else v, needs_grad)
+    if reason is None:
+        return "fla"
+    if forced == "fla":
+        raise RuntimeError(f"{ENV_VAR}=fla, but {reason}")
+    if reason not in _warned:
+        _warned.add(reason)
         warnings.warn(
-            f"evolve.kernels: fla does not import ({_fla_import_error}); CUDA calls use the "
-            "chunked PyTorch kernels",
-            stacklevel=3,
+            f"evolve.kernels.{op}: {reason}; using the chunked PyTorch form", stacklevel=3
         )
     return "chunk"
 
@@ -108,12 +115,16 @@ def _check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> No
                          f" for q {tuple(q.shape)}")
 
 
-def _check_shape(op: str, name: str, x: torch.Tensor | None, shape: tuple[int, ...], text: str) -> None:
+def _check_shape(
+    op: str, name: str, x: torch.Tensor | None, shape: tuple[int, ...], text: str
+) -> None:
     if x is not None and tuple(x.shape) != shape:
         raise ValueError(f"{op}: {name} must be {text} = {shape}; got {tuple(x.shape)}")
 
 
-def _check_state(op: str, initial_state: torch.Tensor | None, q: torch.Tensor, v: torch.Tensor) -> None:
+def _check_state(
+    op: str, initial_state: torch.Tensor | None, q: torch.Tensor, v: torch.Tensor
+) -> None:
     B, _, H, K = q.shape
     _check_shape(op, "initial_state", initial_state, (B, H, K, v.shape[-1]), "[B, H, K, V]")
 
@@ -128,7 +139,7 @@ def linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=Fals
     _check_qkv("linear_attn", q, k, v)
     _check_state("linear_attn", initial_state, q, v)
     impl = {"naive": naive_linear_attn, "chunk": chunk_linear_attn, "fla": fla_ops.linear_attn}
-    return impl[select_backend(q)](
+    return impl[select_backend("linear_attn", q, v)](
         q, k, v, scale=scale, initial_state=initial_state, output_final_state=output_final_state
     )
 
@@ -144,7 +155,7 @@ def delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state
     _check_shape("delta_rule", "beta", beta, tuple(q.shape[:3]), "[B, T, H]")
     _check_state("delta_rule", initial_state, q, v)
     impl = {"naive": naive_delta_rule, "chunk": chunk_delta_rule, "fla": fla_ops.delta_rule}
-    return impl[select_backend(q)](
+    return impl[select_backend("delta_rule", q, v)](
         q, k, v, beta, scale=scale, initial_state=initial_state,
         output_final_state=output_final_state,
     )
@@ -166,7 +177,7 @@ def gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_fi
         "chunk": chunk_gated_delta_rule,
         "fla": fla_ops.gated_delta_rule,
     }
-    return impl[select_backend(q)](
+    return impl[select_backend("gated_delta_rule", q, v)](
         q, k, v, g, beta, scale=scale, initial_state=initial_state,
         output_final_state=output_final_state,
     )
@@ -182,12 +193,14 @@ def gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False):
     _check_shape("gla", "g", g, tuple(q.shape), "[B, T, H, K]")
     _check_state("gla", initial_state, q, v)
     impl = {"naive": naive_gla, "chunk": chunk_gla, "fla": fla_ops.gla}
-    return impl[select_backend(q)](
+    return impl[select_backend("gla", q, v)](
         q, k, v, g, scale=scale, initial_state=initial_state, output_final_state=output_final_state
     )
 
 
-def short_conv(x, weight, bias=None, activation="silu", initial_state=None, output_final_state=False):
+def short_conv(
+    x, weight, bias=None, activation="silu", initial_state=None, output_final_state=False
+):
     """Causal depthwise convolution over time: y_t = act(bias + sum_w weight[:, w] x_{t-W+1+w}).
 
     x: [B, T, D]; weight: [D, W] (weight[:, -1] meets x_t); bias: [D] or None;
@@ -205,7 +218,7 @@ def short_conv(x, weight, bias=None, activation="silu", initial_state=None, outp
     _check_shape("short_conv", "bias", bias, (D,), "[D]")
     _check_shape("short_conv", "initial_state", initial_state, (B, D, W - 1), "[B, D, W - 1]")
     impl = {"naive": naive_short_conv, "chunk": chunk_short_conv, "fla": fla_ops.short_conv}
-    return impl[select_backend(x)](
+    return impl[select_backend("short_conv", x)](
         x, weight, bias=bias, activation=activation, initial_state=initial_state,
         output_final_state=output_final_state,
     )

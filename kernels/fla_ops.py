@@ -12,10 +12,38 @@ Conventions mapped here (checked against fla 0.6.0):
 - `causal_conv1d` keeps a [B, D, W] cache of the last W inputs; ours is [B, D, W - 1] (the
   oldest entry of fla's cache never meets the kernel), so ours is zero-padded on the left going
   in and the oldest entry is dropped coming out.
+Cases where fla's kernels fail are caught up front by `unsupported` (seen on an H200 with
+Triton 3.6.0): the dispatcher then uses the chunked forms, or names the reason when fla is forced.
 """
+
+import importlib.util
 
 import torch
 import torch.nn.functional as F
+
+
+def unsupported(op: str, q: torch.Tensor, v: torch.Tensor, needs_grad: bool) -> str | None:
+    """Why fla's kernel for `op` cannot serve this call, or None when it can."""
+    K, V = q.shape[-1], v.shape[-1]
+    if op == "gla" and min(K, V) < 16:
+        # chunk_gla's backward multiplies [*, V] tiles with tl.dot, which needs sizes >= 16
+        return f"fla's chunk_gla backward needs K and V >= 16 (got K={K}, V={V})"
+    if op == "gated_delta_rule" and needs_grad:
+        from fla import utils
+
+        if (
+            utils.IS_NVIDIA_HOPPER
+            and utils.TRITON_ABOVE_3_4_0
+            and not utils.TRITON_ABOVE_3_7_1
+            and importlib.util.find_spec("tilelang") is None
+        ):
+            # fla raises this in the backward pass (its issue #640), too late to switch then
+            return (
+                "fla refuses the gated delta rule's backward on Hopper GPUs with Triton >= 3.4.0 "
+                "and < 3.7.1 (wrong results, fla issue #640): upgrade Triton to >= 3.7.1 or "
+                "install tilelang"
+            )
+    return None
 
 
 def _state_in(initial_state: torch.Tensor | None) -> torch.Tensor | None:
@@ -79,7 +107,9 @@ def gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False):
     return o.to(dtype), _state_out(S)
 
 
-def short_conv(x, weight, bias=None, activation="silu", initial_state=None, output_final_state=False):
+def short_conv(
+    x, weight, bias=None, activation="silu", initial_state=None, output_final_state=False
+):
     from fla.modules.causal_conv1d import causal_conv1d
 
     h0 = None if initial_state is None else F.pad(initial_state.to(x.dtype), (1, 0))  # [B, D, W]

@@ -16,10 +16,12 @@ def err_ratio(ref: torch.Tensor, got: torch.Tensor) -> float:
     return err / (base + 1e-8)
 
 
-def assert_close(name: str, ref: torch.Tensor, got: torch.Tensor, ratio: float, atol: float = 1e-6) -> None:
+def assert_close(
+    name: str, ref: torch.Tensor, got: torch.Tensor, ratio: float, atol: float = 1e-6
+) -> None:
     """Passes when the largest difference is at most `atol`, or the relative RMS error is below
     `ratio`; the message gives both, like fla's tests."""
-    assert ref.shape == got.shape, f"{name}: shape {tuple(got.shape)} != reference {tuple(ref.shape)}"
+    assert ref.shape == got.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
     assert torch.isfinite(got).all(), f"{name}: non-finite values"
     diff = (ref.detach().float() - got.detach().float()).abs().max().item() if ref.numel() else 0.0
     if diff <= atol:
@@ -36,7 +38,7 @@ def _leaf(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _attn_inputs(B, T, dtype, with_state, seed, *, normalize_k=False, beta=False, g=None,
-                 g_scale=1.0):
+                 g_scale=1.0, K=K, V=V):
     gen = torch.Generator().manual_seed(seed)
     randn = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
     q, k, v = randn(B, T, H, K), randn(B, T, H, K), randn(B, T, H, V)
@@ -70,7 +72,8 @@ def make_gla(B, T, dtype=torch.float32, with_state=False, seed=0, **kw):
     return _attn_inputs(B, T, dtype, with_state, seed, g="key", **kw)
 
 
-def make_short_conv(B, T, dtype=torch.float32, with_state=False, seed=0, D=12, W=4):
+def make_short_conv(B, T, dtype=torch.float32, with_state=False, seed=0, D=12, W=4, K=None, V=None):
+    # K, V: accepted and ignored, so that callers can size every op alike
     gen = torch.Generator().manual_seed(seed)
     randn = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
     out = {

@@ -4,6 +4,7 @@ states, all gradients), fla's reference functions, and the backend dispatcher.""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import subprocess
 import sys
 
@@ -118,8 +119,11 @@ def _spy(monkeypatch, name):
     return calls
 
 
-@pytest.mark.parametrize("value, used", [("naive", "naive"), ("chunk", "chunk"), (" Chunk ", "chunk"),
-                                         ("auto", "chunk"), ("", "chunk")])
+@pytest.mark.parametrize(
+    "value, used",
+    [("naive", "naive"), ("chunk", "chunk"), (" Chunk ", "chunk"), ("auto", "chunk"),
+     ("", "chunk")],
+)
 def test_backend_env_var_picks_implementation(monkeypatch, value, used):
     monkeypatch.setenv("EVOLVE_KERNEL_BACKEND", value)
     calls = _spy(monkeypatch, f"{used}_delta_rule")
@@ -149,6 +153,30 @@ def test_fla_backend_refuses_cpu_tensors(monkeypatch):
     inputs = MAKERS["linear_attn"](1, 5, torch.float32, with_state=False, seed=0)
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
         kernels.linear_attn(**inputs)
+
+
+@pytest.mark.parametrize("K, V, blocked", [(16, 8, True), (8, 16, True), (16, 16, False)])
+def test_fla_gla_needs_head_dims_of_16(K, V, blocked):
+    from evolve.kernels import fla_ops
+
+    q, v = torch.zeros(1, 4, 2, K), torch.zeros(1, 4, 2, V)
+    assert (fla_ops.unsupported("gla", q, v, needs_grad=True) is not None) == blocked
+
+
+@pytest.mark.fla
+def test_fla_gated_backward_blocked_on_hopper_with_old_triton(monkeypatch):
+    fla_utils = pytest.importorskip("fla.utils")
+    from evolve.kernels import fla_ops
+
+    q = torch.zeros(1, 4, 2, 16)
+    monkeypatch.setattr(fla_utils, "IS_NVIDIA_HOPPER", True)
+    monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_4_0", True)
+    monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_7_1", False)
+    if importlib.util.find_spec("tilelang") is None:
+        assert "#640" in fla_ops.unsupported("gated_delta_rule", q, q, needs_grad=True)
+    assert fla_ops.unsupported("gated_delta_rule", q, q, needs_grad=False) is None
+    monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_7_1", True)
+    assert fla_ops.unsupported("gated_delta_rule", q, q, needs_grad=True) is None
 
 
 def test_available_backends():
@@ -224,7 +252,8 @@ def test_against_fla_recurrent_reference(fla_naive, op):
 
 @pytest.mark.fla
 def test_against_fla_chunk_references(fla_naive):
-    inputs = {n: x.detach() for n, x in MAKERS["gated_delta_rule"](2, 64, torch.float32, True, seed=4).items()}
+    inputs = MAKERS["gated_delta_rule"](2, 64, torch.float32, True, seed=4)
+    inputs = {n: x.detach() for n, x in inputs.items()}
     q, k, v, g, beta, h0 = (inputs[n] for n in ("q", "k", "v", "g", "beta", "initial_state"))
     o, s = kernels.gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True)
     o_ref, s_ref = fla_naive["gated"].naive_chunk_gated_delta_rule(
@@ -233,7 +262,8 @@ def test_against_fla_chunk_references(fla_naive):
     assert_close("gdn state", s_ref, s, 1e-5)
     # delta_rule_chunkwise: [B, H, T, D], T a multiple of its chunk, no initial state
     o, s = kernels.delta_rule(q, k, v, beta, output_final_state=True)
-    o_ref, s_ref = fla_naive["delta"].delta_rule_chunkwise(*_heads_first(q, k, v), beta.transpose(1, 2))
+    o_ref, s_ref = fla_naive["delta"].delta_rule_chunkwise(
+        *_heads_first(q, k, v), beta.transpose(1, 2))
     assert_close("delta o", o_ref.transpose(1, 2), o, 1e-5)
     assert_close("delta state", s_ref, s, 1e-5)
 
@@ -247,9 +277,16 @@ def test_against_fla_chunk_references(fla_naive):
 @pytest.mark.parametrize("op", OPS)
 def test_fla_backend_matches_naive_on_cuda(monkeypatch, op, dtype):
     monkeypatch.setenv("EVOLVE_KERNEL_BACKEND", "fla")
+    from evolve.kernels import fla_ops
+
     naive, _ = impls(op)
-    inputs = MAKERS[op](2, 129, dtype, with_state=True, seed=9)
+    # fla's kernels use tl.dot, which needs head dims >= 16
+    inputs = MAKERS[op](2, 129, dtype, with_state=True, seed=9, K=32, V=16)
     inputs = {n: x.detach().cuda().requires_grad_() for n, x in inputs.items()}
+    if op != "short_conv":
+        reason = fla_ops.unsupported(op, inputs["q"], inputs["v"], needs_grad=True)
+        if reason:
+            pytest.skip(reason)
     o_ref, s_ref, g_ref = run_with_grads(naive, inputs)
     o, s, g = run_with_grads(getattr(kernels, op), inputs)
     # fla runs the delta rule in bfloat16 even for float32 inputs

@@ -58,13 +58,16 @@ def chunk_gla(
     attn_diag = (qs[..., :, None, :] * ks[..., None, :, :] * D.exp()).sum(-1)  # [B,H,N,m,c,c]
     # place the diagonal blocks into a [C, C] matrix per chunk
     eye_m = torch.eye(m, dtype=q.dtype, device=device)
-    attn = rearrange(attn_diag[..., :, :, None, :] * eye_m[:, None, :, None], "... i t j s -> ... (i t) (j s)")
+    attn = rearrange(
+        attn_diag[..., :, :, None, :] * eye_m[:, None, :, None], "... i t j s -> ... (i t) (j s)"
+    )  # [B, H, N, C, C]
 
     if m > 1:
         # earlier sub-chunks of the same chunk, for the query sub-chunks i = 1 .. m-1
         ref = bs[..., :-1, -1:, :]  # [B, H, N, m-1, 1, K]: b just before sub-chunk i
         q_ref = qs[..., 1:, :, :] * (bs[..., 1:, :, :] - ref).exp()  # [B, H, N, m-1, c, K]
-        before = torch.arange(C, device=device)[None, :] < (torch.arange(1, m, device=device) * c)[:, None]
+        starts = torch.arange(1, m, device=device) * c  # first token of sub-chunks 1 .. m-1
+        before = torch.arange(C, device=device)[None, :] < starts[:, None]  # [m-1, C]
         k_exp = (ref - b[..., None, :, :]).masked_fill(~before[..., None], float("-inf"))
         k_ref = k[..., None, :, :] * k_exp.exp()  # [B, H, N, m-1, C, K]
         attn_off = rearrange(q_ref @ k_ref.transpose(-1, -2), "... i t s -> ... (i t) s")

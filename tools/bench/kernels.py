@@ -7,12 +7,13 @@ Compares, at T=1024, B=4, H=4, K=V=32 by default:
 - on CUDA (--device cuda), also the dispatcher's default there (fla's Triton kernels).
 
 Run from the repository root:
-    .venv/bin/python tools/bench/kernels.py                       # CPU, writes bench-out/kernels.json
+    .venv/bin/python tools/bench/kernels.py               # CPU, writes bench-out/kernels.json
     .venv/bin/python tools/bench/kernels.py --repeats 5 --out /tmp/k.json --ops delta_rule gla
     python tools/bench/kernels.py --device cuda --T 4096          # on a GPU machine
 
-Each timing is the minimum and the median of --repeats runs after one warm-up run; the naive references are run
---naive-repeats times without warm-up (they take seconds each).
+Each timing is the minimum and the median of --repeats runs after one warm-up run; the naive
+references run --naive-repeats times without warm-up (they take seconds each). The speed-up
+column divides minima, the steadier figure on a CPU shared with other work.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ class Row:
     note: str = ""
 
 
-def make_inputs(op: str, B: int, T: int, H: int, K: int, V: int, device: str) -> dict[str, torch.Tensor]:
+def make_inputs(
+    op: str, B: int, T: int, H: int, K: int, V: int, device: str
+) -> dict[str, torch.Tensor]:
     """Leaf tensors (requiring grad) for one op, with realistic ranges: L2-normalised keys for
     the delta rules, beta in (0, 1), log-decays as GLA and Gated DeltaNet produce them."""
     g = torch.Generator().manual_seed(0)
@@ -127,12 +130,15 @@ def fla_references(op: str, xs: dict[str, torch.Tensor]) -> dict[str, Callable[[
         return refs
     if op == "gated_delta_rule":
         q, k, v, g, beta = (xs[n] for n in ("q", "k", "v", "g", "beta"))
-        return {
-            "fla naive_recurrent": lambda: fgated.naive_recurrent_gated_delta_rule(q, k, v, beta, g)[0],
-            "fla naive_chunk (C=64)": lambda: fgated.naive_chunk_gated_delta_rule(q, k, v, g, beta)[0],
+        return {  # note the argument orders: beta before g in the recurrence, after in the chunk
+            "fla naive_recurrent": lambda: fgated.naive_recurrent_gated_delta_rule(
+                q, k, v, beta, g)[0],
+            "fla naive_chunk (C=64)": lambda: fgated.naive_chunk_gated_delta_rule(
+                q, k, v, g, beta)[0],
         }
     if op == "gla":
-        return {"fla naive_recurrent": lambda: fgla.naive_recurrent_gla(xs["q"], xs["k"], xs["v"], xs["g"])[0]}
+        q, k, v, g = (xs[n] for n in ("q", "k", "v", "g"))
+        return {"fla naive_recurrent": lambda: fgla.naive_recurrent_gla(q, k, v, g)[0]}
     return {}
 
 
@@ -182,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     rows = [row for op in args.ops for row in bench_op(op, args)]
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    if args.device == "cuda":
+        device = torch.cuda.get_device_name()
+    else:
+        device = f"cpu ({torch.get_num_threads()} threads)"
     print(f"forward+backward, B={args.B} T={args.T} H={args.H} K={args.K} V={args.V}, {device}, "
           f"torch {torch.__version__}")
     print("speed-up = naive's min / this row's min")
