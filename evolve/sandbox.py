@@ -33,6 +33,7 @@ from evolve.checks import GATES, REQUIRES, STATIC_GATES, CheckConfig, CheckRepor
 from evolve.model.config import ModelConfig
 
 LOG_TAIL_BYTES = 8192
+MAX_EVENT_BYTES = 16 * 2**20
 DISCARD_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens, connections fail
 
 
@@ -136,9 +137,17 @@ class _Watch:
     def _events(self, data: bytes) -> None:
         self.pending += data
         *lines, self.pending = self.pending.split(b"\n")
+        if len(self.pending) > MAX_EVENT_BYTES:
+            lines, self.pending = [b"not an event"], b""
         for line in lines:
-            event = json.loads(line)
-            kind = event.pop("event")
+            try:
+                event = json.loads(line)
+                kind = event.pop("event")
+            except (ValueError, AttributeError, KeyError):
+                # Only the gate runner writes here; anything else means the child is not sane.
+                self.child_error = f"unreadable event from the child: {line[:200]!r}"
+                self._kill()
+                return
             if kind == "start":
                 self.phase, self.phase_start = event["gate"], time.monotonic()
             elif kind == "verdict":
