@@ -25,197 +25,28 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import signal
 import subprocess
-import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import submitit
 from submitit.core.utils import DelayedSubmission
 
-from evolve.configio import choice, positive
+from evolve.executors import (EXECUTORS, LaunchConfig, LaunchError, SlotLimited, SubmissionError,
+                              make_executor, sbatch_script, slurm_parameters)
 from evolve.journal import ACTIVE_STATUSES, Submission
-from evolve.locks import LockTimeoutError, RunLock
-from evolve.scheduler import (JobFiles, JobInfo, array_master, local_job_info, local_task_pids,
+from evolve.scheduler import (JobFiles, JobInfo, array_master, local_job_info, local_task_processes,
                               read_outcome, slurm_job_infos, tail)
 from evolve.store import StateError, Store, read_json
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("debug", "local", "slurm")
 SUBMITTABLE_STATUSES = ("created", "proposed", "checked", "submit_failed", "lost", "failed")
 """A candidate in one of these has no live job, so submitting it cannot duplicate a training."""
-
-
-class LaunchError(StateError):
-    """A job could not be submitted, found or signalled."""
-
-
-class SubmissionError(LaunchError):
-    """The scheduler refused a submission (sbatch missing, bad partition or account, ...)."""
-
-
-@dataclass(kw_only=True)
-class LaunchConfig:
-    """Where and how candidate trainings run."""
-
-    executor: str = "local"
-    """debug (in this process, for unit tests), local (subprocesses on this machine) or slurm."""
-    array_parallelism: int = 4
-    """At most this many tasks of one generation run at once (Slurm: --array=0-N%P; local: slot
-    locks shared by every local job of the run)."""
-    partition: str | None = None
-    """Slurm partition (--partition); None: the cluster's default."""
-    account: str | None = None
-    """Slurm account (--account)."""
-    qos: str | None = None
-    """Slurm quality of service (--qos)."""
-    constraint: str | None = None
-    """Slurm node features (--constraint), e.g. 'a100|h100'."""
-    gpus_per_task: int = 0
-    """GPUs per training (--gpus-per-node, as each job is one task on one node; locally:
-    CUDA_VISIBLE_DEVICES=0..N-1)."""
-    cpus_per_task: int = 1
-    """CPU cores per training (--cpus-per-task)."""
-    mem_gb: float | None = None
-    """Memory per training in GB (--mem); None: the partition's default."""
-    timeout_min: int = 60
-    """Wall time per run of a training (--time). A checkpointable training is requeued when it
-    runs out, up to max_num_timeout times. Local jobs are killed after it too."""
-    signal_delay_s: int = 120
-    """The pre-timeout signal (USR2) comes this many seconds before the time limit, leaving time
-    to write a checkpoint."""
-    max_num_timeout: int = 3
-    """How many times a training may be requeued after running out of time."""
-    sbatch_extra: dict[str, Any] = field(default_factory=dict)
-    """Further #SBATCH options, e.g. {reservation: lab, exclude: node07}; 'key: true' gives a
-    bare flag."""
-    setup: list[str] = field(default_factory=list)
-    """Shell lines run before each training, e.g. 'module load cuda/12.4', 'source venv/bin/activate'."""
-    python: str | None = None
-    """Python command that runs the training; None: the interpreter running the driver."""
-    job_name: str = "evolve"
-    """Prefix of Slurm job names; the run's name and uid and the submission are appended."""
-    use_srun: bool = True
-    """Start the training through srun inside the allocation (submitit's default)."""
-    poll_s: float = 15.0
-    """Seconds between two looks at the scheduler while jobs run."""
-    lost_after_s: float = 120.0
-    """A job that neither sacct nor squeue knows this long after submission is recorded as lost
-    (sacct lags submission by seconds, so a fresh job must not look lost)."""
-    result_grace_s: float = 30.0
-    """Seconds to wait for a finished job's result file to appear (shared filesystems lag)
-    before recording the job as failed without a result."""
-
-    def __post_init__(self) -> None:
-        choice("launch.executor", self.executor, EXECUTORS)
-        positive("launch.array_parallelism", self.array_parallelism)
-        positive("launch.gpus_per_task", self.gpus_per_task, allow_zero=True)
-        positive("launch.cpus_per_task", self.cpus_per_task)
-        if self.mem_gb is not None:
-            positive("launch.mem_gb", self.mem_gb)
-        if not isinstance(self.timeout_min, int) or self.timeout_min < 1:
-            raise ValueError(f"launch.timeout_min={self.timeout_min!r} must be a whole number of "
-                             "minutes >= 1 (sbatch --time takes minutes)")
-        if not 0 <= self.signal_delay_s < self.timeout_min * 60:
-            raise ValueError(f"launch.signal_delay_s={self.signal_delay_s!r} must lie in "
-                             f"[0, timeout_min * 60 = {self.timeout_min * 60})")
-        positive("launch.max_num_timeout", self.max_num_timeout, allow_zero=True)
-        positive("launch.poll_s", self.poll_s)
-        positive("launch.lost_after_s", self.lost_after_s, allow_zero=True)
-        positive("launch.result_grace_s", self.result_grace_s, allow_zero=True)
-        for key in self.sbatch_extra:
-            if not isinstance(key, str) or not key or key.startswith("-"):
-                raise ValueError(f"launch.sbatch_extra key {key!r} must be an option name without "
-                                 "dashes, e.g. 'reservation'")
-
-
-def slurm_parameters(cfg: LaunchConfig, job_name: str) -> dict[str, Any]:
-    """The keyword arguments of submitit's SlurmExecutor.update_parameters for `cfg`."""
-    params: dict[str, Any] = {
-        "job_name": job_name,
-        "time": cfg.timeout_min,
-        "cpus_per_task": cfg.cpus_per_task,
-        "signal_delay_s": cfg.signal_delay_s,
-        "array_parallelism": cfg.array_parallelism,
-        "use_srun": cfg.use_srun,
-    }
-    for key in ("partition", "account", "qos", "constraint"):
-        if getattr(cfg, key) is not None:
-            params[key] = getattr(cfg, key)
-    if cfg.gpus_per_task:
-        # One task per job, so per node = per task; --gpus-per-task would also need --ntasks.
-        params["gpus_per_node"] = cfg.gpus_per_task
-    if cfg.mem_gb is not None:
-        params["mem"] = f"{int(round(cfg.mem_gb * 1024))}M"
-    if cfg.setup:
-        params["setup"] = list(cfg.setup)
-    if cfg.sbatch_extra:
-        params["additional_parameters"] = dict(cfg.sbatch_extra)
-    return params
-
-
-def sbatch_script(cfg: LaunchConfig, folder: str | os.PathLike[str], num_tasks: int, *,
-                  job_name: str = "evolve") -> str:
-    """The sbatch script submitit writes for an array of `num_tasks` trainings under `cfg`.
-
-    Works without Slurm installed, so configs can be checked anywhere.
-    """
-    from submitit.slurm.slurm import _make_sbatch_string  # the text SlurmExecutor submits
-
-    python = cfg.python or shlex.quote(sys.executable)
-    command = f"{python} -u -m submitit.core._submit {shlex.quote(str(Path(folder).absolute()))}"
-    return _make_sbatch_string(command=command, folder=Path(folder).absolute(),
-                               map_count=num_tasks if num_tasks > 1 else None,
-                               **slurm_parameters(cfg, job_name))
-
-
-class SlotLimited(submitit.helpers.Checkpointable):
-    """Runs `fn` once one of `num_slots` slot locks is free.
-
-    submitit's local executor starts every job at once; this caps how many train at a time. The
-    slots are flock'ed files, so a killed job frees its slot. Checkpointing is delegated to `fn`:
-    a wrapped callable without a `checkpoint` method is not requeued.
-    """
-
-    def __init__(self, fn: Callable[..., Any], slots_dir: str, num_slots: int,
-                 lock_kind: str = "file") -> None:
-        self.fn = fn
-        self.slots_dir = slots_dir
-        self.num_slots = num_slots
-        self.lock_kind = lock_kind
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        lock = self._take_slot()
-        try:
-            return self.fn(*args, **kwargs)
-        finally:
-            lock.release()
-
-    def _take_slot(self) -> RunLock:
-        while True:
-            for i in range(self.num_slots):
-                lock = RunLock(Path(self.slots_dir) / f"slot{i}.lock", kind=self.lock_kind,
-                               timeout_s=0)
-                try:
-                    lock.acquire()
-                    return lock
-                except LockTimeoutError:
-                    continue
-            time.sleep(0.2)
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission | None:  # type: ignore[override]
-        inner = getattr(self.fn, "checkpoint", None)
-        resumed = inner(*args, **kwargs) if inner is not None else None
-        if resumed is None:
-            return None
-        wrapped = SlotLimited(resumed.function, self.slots_dir, self.num_slots, self.lock_kind)
-        return DelayedSubmission(wrapped, *resumed.args, **resumed.kwargs)
 
 
 @dataclass
@@ -287,7 +118,7 @@ class Launcher:
                           job_name=job_name)
         dirs = [str(self.store.candidate(c).dir) for c in cands]
         try:
-            executor = self._make_executor(folder, job_name)
+            executor = make_executor(self.cfg, folder, job_name)
             call: Callable[..., Any] = fn
             if self.cfg.executor == "local":
                 call = SlotLimited(fn, str(self.store.locks_dir / "slots"),
@@ -305,28 +136,6 @@ class Launcher:
             self._jobs[cid] = job
             self._record_submitted(cid, name, self.cfg.executor, job.job_id, folder, attempts[cid])
         return {cid: self._handles[cid].job_id for cid in cands}
-
-    def _make_executor(self, folder: Path, job_name: str) -> submitit.Executor:
-        cfg = self.cfg
-        if cfg.executor == "debug":
-            return submitit.DebugExecutor(folder)
-        if cfg.executor == "local":
-            ex = submitit.LocalExecutor(folder, max_num_timeout=cfg.max_num_timeout, python=cfg.python)
-            params: dict[str, Any] = {"timeout_min": cfg.timeout_min,
-                                      "signal_delay_s": cfg.signal_delay_s}
-            if cfg.gpus_per_task:
-                params["gpus_per_node"] = cfg.gpus_per_task
-            if cfg.setup:
-                params["setup"] = list(cfg.setup)
-            ex.update_parameters(**params)
-            return ex
-        for tool in ("sbatch", "srun"):
-            if _which(tool) is None:
-                raise SubmissionError(f"'{tool}' is not on PATH: this machine cannot submit Slurm "
-                                      "jobs. Run the driver on a login node, or use executor: local")
-        ex = submitit.SlurmExecutor(folder, max_num_timeout=cfg.max_num_timeout, python=cfg.python)
-        ex.update_parameters(**slurm_parameters(cfg, job_name))
-        return ex
 
     def _record_submitted(self, cid: str, submission: str, executor: str, job_id: str,
                           folder: Path, attempt: int, *, recovered: bool = False) -> None:
@@ -540,8 +349,7 @@ class Launcher:
         if h.executor == "slurm":
             _check_call(["scancel", f"--signal={submitit.JobEnvironment.USR_SIG}", h.job_id])
         elif h.executor == "local":
-            pids = [p for p in _descendants(int(h.job_id))
-                    if "submitit.core._submit" in _cmd(p)]
+            pids = local_task_processes(int(h.job_id))
             if not pids:
                 raise LaunchError(f"{cid}: local job {h.job_id} has no running task to signal")
             for pid in pids:
@@ -580,6 +388,58 @@ class Launcher:
             os.replace(err, err.with_name(f"error.{attempts}.json"))
 
 
+def submit_llm_server(store: Store, model: str, *, script: str | os.PathLike[str] | None = None,
+                      sbatch_args: Sequence[str] = (), vllm_args: Sequence[str] = ()) -> str:
+    """Submit slurm/llm.sbatch to serve `model` for this run; returns (and journals) its job id.
+
+    `sbatch_args` go to sbatch (e.g. ["--partition=gpu"]), `vllm_args` to vLLM's server.
+    """
+    path = Path(script) if script is not None else Path(__file__).resolve().parents[1] / "slurm" / "llm.sbatch"
+    if not path.is_file():
+        raise LaunchError(f"{path} not found (a non-editable install does not ship slurm/): "
+                          "pass script= the path of llm.sbatch")
+    cmd = ["sbatch", "--parsable", *sbatch_args, str(path), str(store.root), model, *vllm_args]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise SubmissionError("'sbatch' is not on PATH: the model server needs Slurm, or run "
+                              "`EVOLVE_LLM_INLINE=1 bash slurm/llm.sbatch RUN MODEL` on a GPU machine") from None
+    if proc.returncode != 0:
+        message = _submission_error_text(RuntimeError(proc.stderr))
+        store.record("llm_submit_failed", model=model, error=message)
+        raise SubmissionError(f"sbatch {path.name} failed: {message}")
+    job_id = proc.stdout.strip().split(";")[0]
+    store.record("llm_submitted", job_id=job_id, model=model)
+    return job_id
+
+
+def wait_for_endpoint(store: Store, *, job_id: str | None = None, timeout_s: float = 3600.0,
+                      poll_s: float = 5.0) -> dict[str, Any]:
+    """Wait until llm/endpoint.json names a server (of job `job_id`, if given) that answers
+    /health; returns the endpoint. Raises LaunchError if that job ends first, TimeoutError."""
+    import urllib.request
+
+    deadline = time.time() + timeout_s
+    while True:
+        info = store.read_endpoint()
+        if info and (job_id is None or str(info.get("job_id")) == job_id):
+            try:
+                url = f"http://{info['host']}:{int(info['port'])}/health"
+                urllib.request.urlopen(url, timeout=10).read()
+                return info  # type: ignore[no-any-return]
+            except (OSError, KeyError, ValueError) as exc:
+                log.info("model server announced but not answering yet: %s", exc)
+        if job_id is not None:
+            state = slurm_job_infos([job_id])[job_id]
+            if not state.active and state.source != "error" and state.state != "UNKNOWN":
+                raise LaunchError(f"the model server job {job_id} ended {state.state} before "
+                                  f"answering; see its log (evolve-llm-{job_id}.out)")
+        if time.time() > deadline:
+            raise TimeoutError(f"no model server answered within {timeout_s:g}s "
+                               f"({store.endpoint_path})")
+        time.sleep(poll_s)
+
+
 def _ids_from_pickles(folder: Path) -> dict[str, str]:
     """{candidate id: job id} from submitit's `<job id>_submitted.pkl` files in `folder`."""
     found: dict[str, str] = {}
@@ -614,12 +474,6 @@ def _submission_error_text(exc: BaseException) -> str:
     return " | ".join(ln.strip() for ln in text.splitlines() if ln.strip())[:2000]
 
 
-def _which(tool: str) -> str | None:
-    import shutil
-
-    return shutil.which(tool)
-
-
 def _check_call(cmd: list[str]) -> None:
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60)
@@ -629,18 +483,8 @@ def _check_call(cmd: list[str]) -> None:
         raise LaunchError(f"{' '.join(cmd)} failed: {exc.stderr.strip()}") from None
 
 
-def _cmd(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        children = local_task_pids(todo.pop())
-        out.extend(children)
-        todo.extend(children)
-    return out
+__all__ = [
+    "EXECUTORS", "SUBMITTABLE_STATUSES", "LaunchConfig", "LaunchError", "Launcher",
+    "SlotLimited", "SubmissionError", "make_executor", "sbatch_script", "slurm_parameters",
+    "submit_llm_server", "wait_for_endpoint",
+]

@@ -185,7 +185,7 @@ def local_job_info(job_id: str, folder: str | os.PathLike[str]) -> JobInfo:
 
 
 def local_task_pids(controller_pid: int) -> list[int]:
-    """Pids of the processes a local controller started (its task processes)."""
+    """Pids of the direct children of a process."""
     children = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -198,6 +198,16 @@ def local_task_pids(controller_pid: int) -> list[int]:
         if len(fields) > 1 and fields[1] == str(controller_pid):
             children.append(int(entry))
     return children
+
+
+def local_task_processes(controller_pid: int) -> list[int]:
+    """Pids of the training processes under a local controller (through a setup shell too)."""
+    out, todo = [], [controller_pid]
+    while todo:
+        children = local_task_pids(todo.pop())
+        out.extend(p for p in children if "submitit.core._submit" in _cmdline(p))
+        todo.extend(children)
+    return out
 
 
 @dataclass(frozen=True)

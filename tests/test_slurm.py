@@ -197,27 +197,70 @@ def test_driver_sbatch_requeues_itself_on_the_time_signal(tmp_path: Path) -> Non
     assert "requeueing job" in log and "got SIGUSR1" in log
 
 
-def test_llm_sbatch_announces_and_cleans_up(tmp_path: Path) -> None:
+def test_llm_server_job_announces_and_cleans_up(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     if not has_gpus():
         pytest.skip("llm.sbatch asks for a GPU and this cluster's nodes have none")
-    from test_slurm_scripts import check_endpoint, fake_vllm_python, wait_for_endpoint
+    from test_slurm_scripts import check_endpoint, fake_vllm_python
 
+    from evolve.launch import submit_llm_server, wait_for_endpoint
     from evolve.store import Store
 
     store = Store.create(tmp_path / "run", {"t": 1})
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(EVOLVE_VLLM_PYTHON=str(fake_vllm_python(tmp_path)),
-               EVOLVE_SITE=str(tmp_path / "no-site.yaml"))
-    out = subprocess.run(["sbatch", "--parsable", "--time=10", "--mem=1G", "--cpus-per-task=1",
-                          str(REPO / "slurm" / "llm.sbatch"),
-                          str(store.root), "tiny-model"], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    job = out.stdout.strip()
+    # sbatch passes this environment on: the job serves with the stand-in for vLLM.
+    monkeypatch.setenv("EVOLVE_VLLM_PYTHON", str(fake_vllm_python(tmp_path)))
+    monkeypatch.setenv("EVOLVE_SITE", str(tmp_path / "no-site.yaml"))
+    monkeypatch.chdir(tmp_path)
+    job = submit_llm_server(store, "tiny-model",
+                            sbatch_args=["--time=10", "--mem=1G", "--cpus-per-task=1"])
     try:
-        info = wait_for_endpoint(store.endpoint_path, 60)
+        info = wait_for_endpoint(store, job_id=job, timeout_s=60, poll_s=0.5)
         check_endpoint(store, info, "tiny-model")
-        assert info["job_id"] == job
+        assert info["job_id"] == job and info["server"] == "vllm"
+        assert jt.events(store, "llm_submitted")[0]["job_id"] == job
     finally:
         subprocess.run(["scancel", job], timeout=30)
     jt.wait_for(lambda: not store.endpoint_path.exists(), 30, "endpoint.json to be removed")
+    with pytest.raises(SubmissionError, match="(?i)invalid partition"):
+        submit_llm_server(store, "tiny-model", sbatch_args=["--partition=nope"])
+    assert "partition" in jt.events(store, "llm_submit_failed")[0]["error"]
+
+
+@pytest.mark.slow
+def test_real_train_job_requeues_and_resumes_on_slurm(tmp_path: Path) -> None:
+    """evolve.train.TrainJob at a tiny size through the launcher: USR2, requeue, no repeats."""
+    pytest.importorskip("torch")
+    from dataclasses import replace
+
+    from evolve.configio import to_dict
+    from evolve.presets import tiny
+    from evolve.train import TrainJob
+
+    cfg = tiny().only_tracks(["lm"])
+    assert cfg.lm is not None
+    steps = 16
+    cfg = replace(cfg, lm=replace(cfg.lm, max_steps=steps, log_every=1, checkpoint_every=5,
+                                  optim=replace(cfg.lm.optim, warmup_steps=2)),
+                  eval=replace(cfg.eval, bpb_windows=4, lm_eval_tasks=()))
+    store, (cid,) = jt.new_run(tmp_path / "run", 1)
+    paths = store.candidate(cid)
+    paths.mixer.write_text((REPO / "evolve" / "model" / "baselines" / "deltanet.py").read_text())
+    launcher = Launcher(store, jt.launch_config("slurm", cpus_per_task=2))
+    losses = lambda: [r for r in jt.metrics(paths.dir) if "loss" in r]  # noqa: E731
+    try:
+        launcher.submit([cid], TrainJob(), to_dict(cfg))
+        deadline = time.time() + 240
+        while len(losses()) < 5:
+            status = launcher.poll().get(cid)
+            assert status in (None, "running"), (status, read_json(paths.error, None))
+            assert time.time() < deadline, "no five training steps within 240 s"
+            time.sleep(0.5)
+        launcher.interrupt(cid)
+        assert launcher.wait(timeout_s=300, poll_s=1.0) == {cid: "done"}
+    finally:
+        jt.cleanup(store)
+    result = read_json(paths.result)
+    assert result["status"] == "ok", result.get("traceback")
+    assert [r["step"] for r in losses()] == list(range(1, steps + 1))
+    assert any(r.get("event") == "resume" for r in jt.metrics(paths.dir))
+    assert jt.events(store, "done")[0]["requeues"] == 1
