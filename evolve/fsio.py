@@ -51,7 +51,8 @@ class JournalCorruptError(StateError):
         return (type(self), (str(self), self.line))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a folder, making the names created or renamed in it durable."""
     # The rename is durable only once the directory entry is; some filesystems refuse O_RDONLY dirs.
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -94,7 +95,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int |
             pass
         raise
     if fsync:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, mode: int | None = None,
@@ -161,4 +162,6 @@ def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
             else:
                 keys.extend(config_diff(old[k], new[k], dotted))
         return keys
+    if isinstance(old, float) and isinstance(new, float) and old != old and new != new:
+        return []  # NaN == NaN for this purpose
     return [] if old == new else [prefix or "<root>"]

@@ -13,7 +13,8 @@ warning, and a writer (`Journal.repair_torn_tail`) moves it aside to ``journal.j
 before appending. A bad line anywhere else is corruption: `JournalCorruptError` names the line.
 
 Events and the status they give a candidate (an event may also carry ``status`` explicitly;
-unknown events are kept in the file and ignored by replay)::
+``checked`` with ``passed: false`` means rejected; unknown events are kept in the file and
+ignored by replay)::
 
     created proposed checked rejected submitted submit_failed running done failed lost
     cancelled scored analyzed
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from evolve.fsio import JournalCorruptError
+from evolve.fsio import JournalCorruptError, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,8 @@ def _apply(cands: dict[str, CandidateState], cid: str, name: Any, ev: dict[str, 
     if st is None:
         st = cands[cid] = CandidateState(id=cid, created=t)
     status = ev.get("status") or EVENT_STATUS.get(name)  # type: ignore[arg-type]
+    if name == "checked" and ev.get("passed") is False:
+        status = "rejected"  # a gate verdict recorded as checked(passed=False)
     if status is not None:
         st.status = status
     for key in _COPIED:
@@ -183,6 +186,7 @@ class Journal:
             raise TypeError(f"journal event {event.get('event')!r} is not JSON-serialisable: {exc}") from exc
         data = line.encode("utf-8")
         with self._lock:
+            new = not self.path.exists()
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             try:
                 if self.mode is not None:
@@ -192,6 +196,8 @@ class Journal:
                     os.fsync(fd)
             finally:
                 os.close(fd)
+            if new and self.fsync:
+                fsync_dir(self.path.parent)  # else a crash may lose the new file's name
 
     def read(self) -> list[dict[str, Any]]:
         """All events, oldest first. A torn last line is skipped; a bad earlier line raises."""

@@ -260,3 +260,11 @@ def test_file_lock_is_released_when_its_holder_dies(store: Store) -> None:
 def test_store_config_validation() -> None:
     with pytest.raises(ValueError, match="file, soft"):
         StoreConfig(lock="nfs")
+
+
+def test_checked_but_not_passed_is_rejected_and_nan_configs_resume(tmp_path: Path) -> None:
+    s = Store.create(tmp_path / "run", {"x": float("nan")})
+    cid = s.new_candidate()
+    s.record("checked", cid, passed=False, gate="causality")
+    assert s.replay().candidates[cid].status == "rejected"
+    Store.create(tmp_path / "run", {"x": float("nan")})  # NaN equals NaN here: no mismatch
