@@ -65,7 +65,8 @@ class LaunchConfig:
     """Memory per training in GB (--mem); None: the partition's default."""
     timeout_min: int = 60
     """Wall time per run of a training (--time). A checkpointable training is requeued when it
-    runs out, up to max_num_timeout times. Local jobs are killed after it too."""
+    runs out, up to max_num_timeout times. Local jobs are timed from submission, so the wait
+    for a parallelism slot counts: size it for (trainings / array_parallelism) runs."""
     signal_delay_s: int = 120
     """The pre-timeout signal (USR2) comes this many seconds before the time limit, leaving time
     to write a checkpoint."""
