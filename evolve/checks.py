@@ -365,11 +365,15 @@ def main_check(argv: list[str]) -> int:
     parser.add_argument("--config", help="YAML file with CheckConfig keys")
     parser.add_argument("--gates", help=f"comma-separated subset of: {','.join(GATES)}")
     args = parser.parse_args(argv)
-    from evolve.configio import from_dict, load_yaml
+    from evolve.configio import load_yaml
+    from evolve.model.contract import BASELINE_NAMES
 
     cfg = load_yaml(CheckConfig, args.config) if args.config else CheckConfig()
     if args.keep_going:
-        cfg = from_dict(CheckConfig, {**dataclasses.asdict(cfg), "stop_at_first_failure": False})
+        cfg = dataclasses.replace(cfg, stop_at_first_failure=False)
+    if args.write and args.file in BASELINE_NAMES:
+        parser.error(f"--write would write into the package's baselines folder; check "
+                     f"{args.file!r} without --write")
     gates = tuple(args.gates.split(",")) if args.gates else GATES
     start = time.monotonic()
     report = check_file(args.file, cfg, gates=gates)

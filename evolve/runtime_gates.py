@@ -21,6 +21,7 @@ import torch.nn as nn
 from evolve.checks import Verdict
 from evolve.model.contract import MixerConfig
 from evolve.static_gates import CONTRACT, Context
+
 DTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FORWARD_SEED = 1234
 CandidateError = (Exception, SystemExit, GeneratorExit)
@@ -32,7 +33,8 @@ def describe(exc: BaseException, ctx: Context) -> str:
     text = f"{type(exc).__name__}: {str(exc).strip()[:1500]}"
     if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc):
         text += (f" (out of memory: the sandbox allows {ctx.cfg.memory_limit_mb} MiB; the "
-                 "gates use B <= 3, T <= 4096, D = 64)")
+                 f"gates use B <= 3, T <= {max(ctx.cfg.cost_lengths)}, "
+                 f"D = {ctx.cfg.hidden_size})")
     if "Operation not permitted" in str(exc) and "evolve sandbox" not in str(exc):
         text += " (refused by the sandbox: a mixer touches no files, processes or sockets)"
     if not frames:
@@ -131,10 +133,12 @@ def interface(ctx: Context) -> Verdict:
                 return _fail("interface", f"{case} returned a {type(y).__name__}, expected a "
                                           f"tensor [{batch}, {length}, {d}]{hint}", **measured)
             if tuple(y.shape) != (batch, length, d):
+                hint = ""
+                if y.dim() == 3 and y.shape[1] != length and y.shape[1] % cfg.chunk_size == 0:
+                    hint = (f" (T={length} is not a multiple of chunk_size={cfg.chunk_size}: "
+                            "drop the padding of the last partial chunk)")
                 return _fail("interface", f"{case} returned shape {_shape(y)}; expected "
-                                          f"[{batch}, {length}, {d}]. T={length} is not a "
-                             f"multiple of chunk_size={cfg.chunk_size}: pad or handle the last "
-                             "partial chunk", **measured)
+                                          f"[{batch}, {length}, {d}]{hint}", **measured)
             if y.dtype != dtype:
                 return _fail("interface", f"{case} returned dtype {str(y.dtype)[6:]}; the "
                                           f"output must keep the input's dtype {dtype_name} (cast "
