@@ -270,8 +270,11 @@ class Store:
             what = "does not exist" if not root.exists() else "has no run.yaml"
             raise NotARunError(f"{root} is not an evolve run: it {what}")
         if cfg is None:
+            from evolve.configio import from_dict  # strict keys, errors naming run.yaml
+
             section = _read_yaml(root / "run.yaml").get("store")
-            cfg = StoreConfig(**section) if isinstance(section, dict) else StoreConfig()
+            cfg = (from_dict(StoreConfig, section, source=str(root / "run.yaml"), prefix="store")
+                   if isinstance(section, dict) else StoreConfig())
         return cls(root, cfg, writer=writer)
 
     def config(self) -> dict[str, Any]:
