@@ -337,9 +337,9 @@ def _preload() -> None:
 
 def child_main(argv: list[str]) -> int:
     """Entry point of the sandboxed child: argv = [request JSON, event pipe fd]."""
-    from evolve.configio import from_dict
-
     import tempfile
+
+    from evolve.configio import from_dict
 
     # torch's import reaches dill, which asks tempfile for a directory, and tempfile finds one
     # by writing a probe file into /tmp. A preset tempdir is returned without probing; one that

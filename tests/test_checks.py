@@ -433,3 +433,15 @@ def test_baselines_pass_every_gate_but_softmax_fails_only_cost() -> None:
         else:
             for key in ("time_exponent", "memory_exponent", "flops_exponent"):
                 assert cost.measured[key] <= cfg.cost_exponent_bound, (name, cost.measured)
+
+
+@pytest.mark.slow
+def test_cpu_limit_kills_a_busy_loop(tmp_path: Path) -> None:
+    # The wall-clock limit is far away; RLIMIT_CPU (startup ~3 s of CPU + the loop) ends it.
+    shutil.copy(FIXTURES / "iface_infinite_loop_forward.py", tmp_path / "mixer.py")
+    cfg = replace(TEST_CFG, cpu_limit_s=12, gate_timeout_s=300.0)
+    report = check_file(tmp_path / "mixer.py", cfg)
+    verdict = report.verdict("interface")
+    assert verdict is not None and not verdict.passed
+    assert "CPU-time limit of 12 s" in verdict.message, verdict.message
+    assert report.sandbox["exit_status"] == -24  # SIGXCPU
