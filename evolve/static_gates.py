@@ -148,10 +148,10 @@ class _Guard(ast.NodeVisitor):
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         attr = node.attr
-        if attr.startswith("__") and not (attr == "__init__" and _is_base_init(node.value,
-                                                                          self.module_aliases)):
-            self.add(node, f"attribute '.{attr}' is not allowed (no dunder attributes: they "
-                           "reach interpreter internals)")
+        if attr.startswith("__"):
+            if not (attr == "__init__" and _is_base_init(node.value, self.module_aliases)):
+                self.add(node, f"attribute '.{attr}' is not allowed (no dunder attributes: "
+                               "they reach interpreter internals)")
         elif attr in self.forbidden_attrs:
             self.add(node, f"attribute '.{attr}' is not allowed (`{_dotted(node)}`)")
         elif attr.startswith("_") and _root_name(node) in self.module_aliases:
