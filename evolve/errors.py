@@ -11,6 +11,11 @@ def user_message(exc: BaseException) -> str | None:
         return str(exc)
     if isinstance(exc, (FileNotFoundError, ValueError)):
         return str(exc)
-    if type(exc).__name__ in ("Interrupted", "StateError", "NotARunError", "CorpusError"):
+    from evolve.fsio import StateError
+    from evolve.locks import LockTimeoutError
+
+    if isinstance(exc, (StateError, LockTimeoutError)):
+        return str(exc)
+    if type(exc).__name__ in ("Interrupted", "EvalDataError"):
         return str(exc)
     return None
