@@ -23,7 +23,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from evolve.checks import Verdict
-from evolve.runtime_gates import _shape, call, make_mixer
+from evolve.runtime_gates import shape_text, call, make_mixer
 from evolve.static_gates import Context
 
 QUADRATIC_HINT = ("A [T, T] tensor (q @ k.transpose(-1, -2), a full mask, a pairwise decay "
@@ -59,7 +59,7 @@ class _SavedBytes:
             self.seen.add(key)
             self.total += size
             if size > self.largest[0]:
-                self.largest = (size, f"{str(t.dtype)[6:]} {_shape(t)}")
+                self.largest = (size, f"{str(t.dtype)[6:]} {shape_text(t)}")
         return t
 
 

@@ -76,7 +76,7 @@ def _fail(gate: str, message: str, **measured: Any) -> Verdict:
     return Verdict(gate=gate, passed=False, message=message, measured=measured)
 
 
-def _shape(t: torch.Tensor | tuple[int, ...]) -> str:
+def shape_text(t: torch.Tensor | tuple[int, ...]) -> str:
     return "[" + ", ".join(str(s) for s in (t.shape if isinstance(t, torch.Tensor) else t)) + "]"
 
 
@@ -137,7 +137,7 @@ def interface(ctx: Context) -> Verdict:
                 if y.dim() == 3 and y.shape[1] != length and y.shape[1] % cfg.chunk_size == 0:
                     hint = (f" (T={length} is not a multiple of chunk_size={cfg.chunk_size}: "
                             "drop the padding of the last partial chunk)")
-                return _fail("interface", f"{case} returned shape {_shape(y)}; expected "
+                return _fail("interface", f"{case} returned shape {shape_text(y)}; expected "
                                           f"[{batch}, {length}, {d}]{hint}", **measured)
             if y.dtype != dtype:
                 return _fail("interface", f"{case} returned dtype {str(y.dtype)[6:]}; the "
@@ -180,14 +180,14 @@ def smoke(ctx: Context) -> Verdict:
     if err:
         return _fail("smoke", f"backward raised: {err}")
     params = [(n, p) for n, p in mixer.named_parameters() if p.requires_grad]
-    missing = [f"{n} {_shape(p)}" for n, p in params if p.grad is None]
+    missing = [f"{n} {shape_text(p)}" for n, p in params if p.grad is None]
     if missing:
         return _fail("smoke", f"parameters that receive no gradient: {', '.join(missing)}. They "
                               "are unused in forward, or reach the output only through "
                               ".detach(), torch.no_grad() or integer ops: use or remove them",
                      parameters=len(params), without_grad=len(missing))
     for name, p in params:
-        problem = _nonfinite(p.grad, f"the gradient of {name} {_shape(p)}")
+        problem = _nonfinite(p.grad, f"the gradient of {name} {shape_text(p)}")
         if problem:
             return _fail("smoke", problem + " (the forward was finite: look for sqrt/log/pow "
                          "at 0, or division by a quantity that can be zero)")
@@ -411,7 +411,7 @@ def _layer_counts(ctx: Context) -> tuple[list[int], list[str], str | None]:
         counts.append(count_params(mixer))
         if i == 0:
             named = sorted(mixer.named_parameters(), key=lambda np: -np[1].numel())
-            top = [f"{n} {_shape(p)}" for n, p in named[:3]]
+            top = [f"{n} {shape_text(p)}" for n, p in named[:3]]
             if counts[0] * ctx.model.num_layers > ctx.model.target_params:  # type: ignore
                 # Far over budget already: building the other layers would only cost memory.
                 counts *= ctx.model.num_layers
