@@ -103,13 +103,13 @@ def from_dict(
 def merge(base: T, overrides: dict[str, Any] | None, *, source: str = "<overrides>",
           lines: dict[str, int] | None = None) -> T:
     """Return `base` with the keys in `overrides` replaced, validated like a fresh load."""
-    merged = _deep_update(to_dict(base), overrides or {})
+    merged = deep_update(to_dict(base), overrides or {})
     # Validate keys against the schema first so the error points at the override's line.
-    _check_keys(type(base), overrides or {}, source, lines or {}, "")
+    check_keys(type(base), overrides or {}, source, lines or {}, "")
     return from_dict(type(base), merged, source=source, lines=lines)
 
 
-def _check_keys(cls: type, data: dict[str, Any], source: str, lines: dict[str, int],
+def check_keys(cls: type, data: dict[str, Any], source: str, lines: dict[str, int],
                 prefix: str) -> None:
     fields = {f.name for f in dataclasses.fields(cls)}
     hints = _resolve_types(cls)
@@ -123,14 +123,14 @@ def _check_keys(cls: type, data: dict[str, Any], source: str, lines: dict[str, i
             )
         sub = _dataclass_in(hints[key])
         if sub is not None and isinstance(value, dict):
-            _check_keys(sub, value, source, lines, dotted)
+            check_keys(sub, value, source, lines, dotted)
 
 
-def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+def deep_update(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in new.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_update(out[key], value)
+            out[key] = deep_update(out[key], value)
         else:
             out[key] = value
     return out

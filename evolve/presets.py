@@ -74,8 +74,9 @@ def tiny() -> TrainConfig:
     """CPU scale for tests, the demo and the search studies (see docs/BASELINES.md)."""
     lm = TrackConfig(
         task="lm",
+        # Every mixer gets the same total size: the MLP width absorbs the mixer's cost.
         model=ModelConfig(vocab_size=256, hidden_size=128, num_layers=2, num_heads=4,
-                          conv_size=4, chunk_size=64, max_seq_len=256),
+                          conv_size=4, chunk_size=64, max_seq_len=256, target_params=450_000),
         optim=OptimConfig(lr=3e-3, betas=(0.9, 0.98), weight_decay=0.1, warmup_steps=30,
                           schedule="wsd", decay_fraction=0.3),
         batch_size=8, seq_len=256, max_steps=300, log_every=10, checkpoint_every=100,
@@ -83,7 +84,7 @@ def tiny() -> TrainConfig:
     mqar = TrackConfig(
         task="mqar",
         model=ModelConfig(vocab_size=64, hidden_size=64, num_layers=2, num_heads=2,
-                          conv_size=4, chunk_size=64, max_seq_len=64),
+                          conv_size=4, chunk_size=64, max_seq_len=64, target_params=110_000),
         optim=OptimConfig(lr=3e-3, betas=(0.9, 0.98), weight_decay=0.1, warmup_steps=100,
                           schedule="linear"),
         batch_size=64, seq_len=64, max_steps=800, log_every=20, checkpoint_every=200,

@@ -1,0 +1,69 @@
+"""Fitness: one number per result, measured against the baselines of the same run.
+
+    ref = Reference.from_results(baseline_results, "deltanet")
+    score = fitness(result, ref, FitnessConfig())      # {"fitness": 0.12, "delta_bpb": ...}
+
+Each term is an improvement over the reference baseline's mean (positive is better), so a
+fitness of 0 means "as good as DeltaNet trained here, under this budget and these seeds".
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+# Two-sided 95% Student-t quantiles for 1..10 degrees of freedom; 1.96 beyond.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of its 95% interval (nan with one value)."""
+    if not values:
+        return math.nan, math.nan
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    t = _T975[len(values) - 2] if len(values) - 1 <= len(_T975) else 1.96
+    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
+
+
+@dataclass
+class Reference:
+    """The reference baseline's mean metrics (and how many seeds they rest on)."""
+
+    name: str
+    bpb: float | None
+    mqar: float | None
+    bench: float | None
+    seeds: int
+
+    @classmethod
+    def from_results(cls, results: list[dict[str, Any]], name: str) -> Reference:
+        ok = [r["metrics"] for r in results if r.get("status") == "ok"]
+
+        def avg(key: str) -> float | None:
+            vals = [m[key] for m in ok if m.get(key) is not None]
+            return statistics.fmean(vals) if vals else None
+
+        return cls(name=name, bpb=avg("bpb"), mqar=avg("mqar_acc"),
+                   bench=avg("benchmark_avg"), seeds=len(ok))
+
+
+def fitness(result: dict[str, Any], ref: Reference, cfg: Any) -> dict[str, Any]:
+    """The fitness of one result and the deltas it is made of; None for a failed result."""
+    if result.get("status") != "ok":
+        return {"fitness": None}
+    m = result.get("metrics", {})
+    terms: dict[str, float] = {}
+    if cfg.bpb_weight and m.get("bpb") is not None and ref.bpb is not None:
+        terms["delta_bpb"] = ref.bpb - m["bpb"]
+    if cfg.mqar_weight and m.get("mqar_acc") is not None and ref.mqar is not None:
+        terms["delta_mqar"] = m["mqar_acc"] - ref.mqar
+    if cfg.benchmark_weight and m.get("benchmark_avg") is not None and ref.bench is not None:
+        terms["delta_bench"] = m["benchmark_avg"] - ref.bench
+    weights = {"delta_bpb": cfg.bpb_weight, "delta_mqar": cfg.mqar_weight,
+               "delta_bench": cfg.benchmark_weight}
+    score = sum(weights[k] * v for k, v in terms.items()) if terms else None
+    return {"fitness": score, "reference": ref.name, "reference_seeds": ref.seeds, **terms}
