@@ -47,8 +47,7 @@ def chunk_gla(
     device = q.device
 
     b = g.cumsum(-2)  # [B, H, N, C, K]
-    sub = lambda x: rearrange(x, "... (m c) d -> ... m c d", c=c)  # noqa: E731
-    qs, ks, vs, bs = sub(q), sub(k), sub(v), sub(b)  # [B, H, N, m, c, *]
+    qs, ks, bs = (rearrange(x, "... (m c) d -> ... m c d", c=c) for x in (q, k, b))  # [B,H,N,m,c,K]
 
     # own sub-chunk: exact decay; the upper triangle is filled before exp so that no inf
     # appears (it would turn into NaN gradients). Element-wise rather than an einsum, which
