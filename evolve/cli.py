@@ -1,7 +1,10 @@
 """The `evolve` command.
 
+    evolve run [CONFIG]                                    # the search (default: the demo)
+    evolve status [RUN]  /  evolve top [RUN]  /  evolve show ID [--run RUN]
     evolve train --mixer deltanet --preset tiny            # train and score one mixer
     evolve train --mixer path/to/mixer.py --preset tiny --out state/try1
+    evolve check FILE                                      # the gates, in a sandbox
     evolve config show [--preset tiny] [CONFIG]            # the resolved config, every key
     evolve config validate CONFIG
 
@@ -30,6 +33,26 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output folder (default: state/train/<mixer>-<preset>-s<seed>)")
     p.add_argument("--tracks", help="comma-separated subset of tracks to run, e.g. lm or mqar")
     p.add_argument("--json", action="store_true", help="print result.json instead of a table")
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run (or resume) a search")
+    p.add_argument("config", nargs="?", help="run YAML (default: the embedded demo)")
+    p.add_argument("--force", action="store_true",
+                   help="resume even if the config differs from the run's frozen run.yaml")
+
+
+def _add_read(sub: argparse._SubParsersAction) -> None:
+    for name, text in (("status", "progress of a run"), ("top", "leaderboard of a run")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("run", nargs="?", default="state/demo", help="run folder")
+        p.add_argument("--json", action="store_true")
+        if name == "top":
+            p.add_argument("-n", type=int, default=20, help="rows")
+    p = sub.add_parser("show", help="one candidate: motivation, code, checks, result, analysis")
+    p.add_argument("id", help="candidate id, e.g. c000042")
+    p.add_argument("--run", default="state/demo", help="run folder")
+    p.add_argument("--json", action="store_true")
 
 
 def _add_config(sub: argparse._SubParsersAction) -> None:
@@ -71,18 +94,63 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "config": cmd_config}
+def cmd_run(args: argparse.Namespace) -> int:
+    from evolve.config import default_run_config, load_run_config
+    from evolve.driver import Driver
+
+    cfg = load_run_config(args.config) if args.config else default_run_config()
+    driver = Driver(cfg, force=args.force)
+    code = driver.run()
+    print(f"evolve: {cfg.run_dir}: stopped ({driver.stop_reason})", file=sys.stderr)
+    from evolve.board import print_top
+
+    print_top(cfg.run_dir, limit=20)
+    return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from evolve.board import print_status
+
+    return print_status(Path(args.run), as_json=args.json)
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from evolve.board import print_top
+
+    return print_top(Path(args.run), limit=args.n, as_json=args.json)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from evolve.board import print_candidate
+
+    return print_candidate(Path(args.run), args.id, as_json=args.json)
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "top": cmd_top, "show": cmd_show,
+            "train": cmd_train, "config": cmd_config}
+# Commands whose module parses its own arguments (argv after the command name).
+DELEGATED = {"check": ("evolve.checks", "main_check")}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evolve", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_read(sub)
+    for name, (module, _) in DELEGATED.items():
+        sub.add_parser(name, help=f"see `evolve {name} --help`", add_help=False)
     _add_train(sub)
     _add_config(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        module, func = DELEGATED[argv[0]]
+        return getattr(importlib.import_module(module), func)(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
