@@ -216,3 +216,59 @@ def _loads(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return _NOTHING
+
+
+_TYPES: dict[str, Any] = {"object": dict, "array": list, "string": str, "boolean": bool,
+                          "number": (int, float), "integer": int, "null": type(None)}
+
+
+def schema_errors(value: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
+    """What keeps `value` from matching `schema`, for the subset of JSON Schema that evolve's
+    schemas use (type, enum, const, anyOf, properties, required, additionalProperties: false,
+    min/maxLength, min/maxItems, items). Empty when it matches."""
+    if "anyOf" in schema:
+        options = [schema_errors(value, option, where) for option in schema["anyOf"]]
+        if all(options):
+            return [f"{where}: matches none of {len(options)} alternatives "
+                    f"(closest: {min(options, key=len)[0]})"]
+        return []
+    if "const" in schema and value != schema["const"]:
+        return [f"{where}: {value!r} is not {schema['const']!r}"]
+    if "enum" in schema and not any(_same(value, c) for c in schema["enum"]):
+        return [f"{where}: {value!r} is not one of {schema['enum']}"]
+    kind = schema.get("type")
+    if kind and not (isinstance(value, _TYPES[kind]) and
+                     not (kind in ("number", "integer") and isinstance(value, bool))):
+        return [f"{where}: expected {kind}, got {type(value).__name__}"]
+    errors: list[str] = []
+    if isinstance(value, str):
+        if len(value) < schema.get("minLength", 0):
+            errors.append(f"{where}: shorter than {schema['minLength']} characters")
+        if len(value) > schema.get("maxLength", len(value)):
+            errors.append(f"{where}: longer than {schema['maxLength']} characters")
+    if isinstance(value, list):
+        if len(value) < schema.get("minItems", 0):
+            errors.append(f"{where}: fewer than {schema['minItems']} items")
+        if len(value) > schema.get("maxItems", len(value)):
+            errors.append(f"{where}: more than {schema['maxItems']} items")
+        for i, item in enumerate(value):
+            errors += schema_errors(item, schema.get("items", {}), f"{where}[{i}]")
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        errors += [f"{where}: missing {key!r}" for key in schema.get("required", [])
+                   if key not in value]
+        if schema.get("additionalProperties") is False:
+            errors += [f"{where}: unexpected key {key!r}" for key in value if key not in properties]
+        for key, sub in properties.items():
+            if key in value:
+                errors += schema_errors(value[key], sub, f"{where}.{key}")
+    return errors
+
+
+def _same(value: Any, choice: Any) -> bool:
+    """JSON equality: 1 equals 1.0, but True is not 1 and "1" is not 1."""
+    if isinstance(value, bool) or isinstance(choice, bool):
+        return value is choice
+    if isinstance(value, (int, float)) and isinstance(choice, (int, float)):
+        return value == choice
+    return type(value) is type(choice) and value == choice
