@@ -1,0 +1,186 @@
+"""The driver end to end on a demo-size run: real trainings, real gates, real restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evolve.board import leaderboard, status
+from evolve.config import load_run_config
+from evolve.driver import Driver
+from evolve.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mini_config(tmp_path: Path, executor: str = "local", **search) -> Path:
+    cfg = {
+        "name": "mini", "root": str(tmp_path / "state"), "preset": "tiny",
+        "train": {"lm": {"max_steps": 6, "checkpoint_every": 3, "log_every": 2},
+                  "mqar": {"max_steps": 6, "batch_size": 16, "checkpoint_every": 3,
+                           "log_every": 2},
+                  "eval": {"lm_eval_tasks": [], "bpb_windows": 4},
+                  "mqar_task": {"num_eval_examples": 32},
+                  "runtime": {"num_threads": 1}},
+        "search": {"proposer": "mutator", "max_candidates": 4, "generation_size": 2,
+                   "max_in_flight": 4, "baselines": ["deltanet", "linear_attention"],
+                   "poll_s": 0.3, **search},
+        "launch": {"executor": executor, "array_parallelism": 2, "timeout_min": 20,
+                   "poll_s": 0.5},
+    }
+    if executor == "slurm":
+        cfg["launch"].update(cpus_per_task=1, mem_gb=2, python=sys.executable)
+    path = tmp_path / "mini.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def check_invariants(run: Path, min_proposals: int) -> None:
+    """Every candidate finished with a result or a reason; none trained twice; JSON valid."""
+    store = Store.open(run)
+    state = store.replay()
+    terminal = {"analyzed", "rejected", "failed", "cancelled"}
+    for c in state.candidates.values():
+        assert c.status in terminal, (c.id, c.status)
+        if c.status in ("rejected", "failed"):
+            assert c.error, (c.id, "no reason recorded")
+    submits = Counter(e["candidate"] for e in store.events() if e.get("event") == "submitted")
+    for cid, n in submits.items():
+        events = [e["event"] for e in store.events() if e.get("candidate") == cid]
+        # A second submission is allowed only after the first attempt was lost or failed.
+        assert n == 1 or any(ev in ("lost", "failed") for ev in events), (cid, events)
+        metrics = store.candidate(cid).metrics
+        if metrics.exists():
+            rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+            for track in ("lm", "mqar"):
+                steps = [r["step"] for r in rows if r.get("track") == track and "loss" in r]
+                assert steps == sorted(set(steps)), (cid, track, "a step trained twice")
+    for path in run.rglob("*.json"):
+        json.loads(path.read_text())  # every JSON file parses
+    proposals = [r for r in leaderboard(run) if r["kind"] == "proposal"]
+    assert len(proposals) + sum(c.status == "failed" for c in state.candidates.values()) \
+        >= min_proposals
+
+
+def test_demo_size_search_completes_and_reports(tmp_path: Path) -> None:
+    cfg = load_run_config(mini_config(tmp_path))
+    driver = Driver(cfg)
+    assert driver.run() == 0 and driver.stop_reason == "complete"
+    check_invariants(cfg.run_dir, min_proposals=4)
+    board = leaderboard(cfg.run_dir)
+    ref = next(r for r in board if r["label"] == "deltanet")
+    assert ref["fitness"] == 0.0  # the reference is the zero of fitness
+    assert all(r["fitness"] is not None for r in board if r["status"] == "analyzed")
+    s = status(cfg.run_dir)
+    assert s["driver"] == "stopped (complete)" and s["in_flight"] == 0
+    analysis = json.loads(next(cfg.run_dir.glob("candidates/*/analysis.json")).read_text())
+    assert analysis["analyzer"] == "rules" and analysis["analysis"]
+
+    # Starting the driver again on a complete run trains nothing more.
+    before = len(list(Store.open(cfg.run_dir).events()))
+    assert Driver(cfg).run() == 0
+    events = list(Store.open(cfg.run_dir).events())
+    assert not [e for e in events[before:] if e.get("event") == "submitted"]
+
+
+def test_resume_with_a_changed_config_is_refused_listing_keys(tmp_path: Path) -> None:
+    path = mini_config(tmp_path, max_candidates=2)
+    Driver(load_run_config(path))  # creates the run and freezes its config
+    changed = load_run_config(mini_config(tmp_path, max_candidates=3))
+    with pytest.raises(Exception, match="search.max_candidates"):
+        Driver(changed)
+
+
+def test_stop_file_ends_the_loop_cleanly(tmp_path: Path) -> None:
+    cfg = load_run_config(mini_config(tmp_path))
+    driver = Driver(cfg)
+    (cfg.run_dir / "STOP").touch()
+    assert driver.run() == 0 and driver.stop_reason == "STOP file"
+
+
+def _driver_proc(config: Path, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "evolve.cli", "run", str(config)], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=False)
+
+
+def chaos(tmp_path: Path, executor: str, kills: int) -> None:
+    config = mini_config(tmp_path, executor)
+    run = load_run_config(config).run_dir
+    rng = random.Random(int(os.environ.get("EVOLVE_CHAOS_SEED", "7")))
+    for _ in range(kills):
+        proc = _driver_proc(config, tmp_path)
+        time.sleep(rng.uniform(1.0, 8.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    final = _driver_proc(config, tmp_path)
+    _, err = final.communicate(timeout=900)
+    assert final.returncode == 0, err[-3000:]
+    check_invariants(run, min_proposals=4)
+    restarts = [e for e in Store.open(run).events() if e.get("event") == "driver_start"]
+    assert len(restarts) >= 2
+
+
+@pytest.mark.slow
+def test_chaos_sigkill_restarts_local(tmp_path: Path) -> None:
+    chaos(tmp_path, "local", kills=int(os.environ.get("EVOLVE_CHAOS_KILLS", "10")))
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_chaos_sigkill_restarts_slurm(tmp_path: Path, slurm_cluster: None) -> None:
+    chaos(tmp_path, "slurm", kills=int(os.environ.get("EVOLVE_CHAOS_KILLS", "10")))
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_driver_sbatch_runs_a_search_and_survives_its_pre_timeout_signal(
+        tmp_path: Path, slurm_cluster: None) -> None:
+    config = mini_config(tmp_path, "slurm", max_candidates=4)
+    run = load_run_config(config).run_dir
+    site = tmp_path / "site.yaml"
+    site.write_text(f"python: {sys.executable}\n")
+    env = dict(os.environ, EVOLVE_SITE=str(site))
+    out = subprocess.run(["sbatch", "--parsable", f"--chdir={REPO}", "--cpus-per-task=1",
+                          f"--output={tmp_path}/driver-%j.out", str(REPO / "slurm/driver.sbatch"),
+                          str(config)], capture_output=True, text=True, env=env, check=True)
+    job = out.stdout.strip().split(";")[0]
+    journal = run / "journal.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (journal.exists() and
+                                          '"submitted"' in journal.read_text()):
+        time.sleep(1)
+    assert journal.exists(), "the driver job never started the run"
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        q = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout
+        if not q.strip():
+            break
+        time.sleep(2)
+    logs = "".join(p.read_text() for p in tmp_path.glob("driver-*.out"))
+    events = [json.loads(line) for line in journal.read_text().splitlines()]
+    stops = [e.get("reason") for e in events if e.get("event") == "driver_stop"]
+    assert any(str(r).startswith("signal") for r in stops), (stops, logs[-2000:])
+    assert stops[-1] == "complete", (stops, logs[-2000:])
+    check_invariants(run, min_proposals=4)
+
+
+@pytest.fixture
+def slurm_cluster() -> None:
+    if shutil.which("sbatch") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but sbatch is missing: run tools/slurm-local.sh start")
+        pytest.skip("no Slurm here (tools/slurm-local.sh start)")
