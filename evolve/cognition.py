@@ -16,11 +16,13 @@ evidence. Entry ids are assigned here; model text never becomes a file name.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -168,6 +170,8 @@ class Cognition:
         self.backend = resolve_backend(self.config.backend)
         self.lock = lock if lock is not None or self.folder is None else \
             RunLock(self.folder / ".cognition.lock")
+        # A RunLock is re-entrant within a process, so threads of one driver need their own.
+        self._threads = threading.RLock()
 
     @classmethod
     def for_store(cls, store: Any, config: CognitionConfig | None = None) -> Cognition:
@@ -196,7 +200,7 @@ class Cognition:
         folder = self._writable()
         if (folder / SEEDED_MARKER).exists():
             return 0
-        with self.lock:
+        with self._locked():
             if (folder / SEEDED_MARKER).exists():
                 return 0
             written = 0
@@ -225,7 +229,7 @@ class Cognition:
 
     def add(self, fields: Mapping[str, Any], *, kind: str = "lesson") -> Entry:
         """Add an entry as given (no duplicate check); its id is assigned here."""
-        with self.lock:
+        with self._locked():
             return self._add(fields, kind, self.entries())
 
     def merge(self, lesson: Mapping[str, Any]) -> MergeOutcome:
@@ -235,17 +239,24 @@ class Cognition:
 
     def merge_many(self, lessons: Sequence[Mapping[str, Any]]) -> list[MergeOutcome]:
         """`merge` for several lessons under one hold of the lock."""
-        with self.lock:
+        with self._locked():
             entries = self.entries()
             return [self._merge(lesson, entries) for lesson in lessons]
 
     def note_use(self, ids: Iterable[str]) -> None:
         """Count that these entries went into a prompt."""
         wanted = set(ids)
-        with self.lock:
+        with self._locked():
             for entry in self.entries():
                 if entry.id in wanted:
                     self._write(dataclasses.replace(entry, uses=entry.uses + 1))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self.lock is None:
+            raise ValueError("the seed cognition base is read-only: give a run (--run RUN)")
+        with self._threads, self.lock:
+            yield
 
     def _merge(self, lesson: Mapping[str, Any], entries: list[Entry]) -> MergeOutcome:
         evidence = {"source": str(lesson.get("source") or "unknown"),

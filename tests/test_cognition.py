@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import random
 import re
+import threading
 
 import pytest
 
@@ -99,12 +100,17 @@ def _merge_worker(args: tuple[str, int]) -> list[str]:
     folder, worker = args
     base = Cognition(folder, lock=RunLock(f"{folder}.lock"),
                      config=CognitionConfig(backend="bm25", seed=False))
+    return [f"{o.action}:{o.id}" for lesson in _merge_lessons(worker)
+            for o in [base.merge(lesson)]]
+
+
+def _merge_lessons(worker: int) -> list[dict[str, str]]:
+    """Ten lessons unlike any other (random words), then one that every worker shares."""
     rng = random.Random(worker)
     words = [f"w{i}x" for i in range(2000)]
     lessons = [{"title": f"lesson {worker}-{i}", "insight": " ".join(rng.sample(words, 15)),
                 "source": f"run r: worker {worker}"} for i in range(10)]
-    lessons.append({**LESSON, "source": f"run r: worker {worker}"})
-    return [f"{o.action}:{o.id}" for lesson in lessons for o in [base.merge(lesson)]]
+    return lessons + [{**LESSON, "source": f"run r: worker {worker}"}]
 
 
 def test_merge_from_four_processes_loses_nothing(tmp_path):
@@ -119,6 +125,18 @@ def test_merge_from_four_processes_loses_nothing(tmp_path):
     shared = [e for e in entries if e.title == LESSON["title"]]
     assert len(shared) == 1 and shared[0].observations == 4
     assert sorted(o.split(":")[0] for o in outcomes).count("strengthened") == 3
+
+
+def test_merge_from_threads_of_one_process(tmp_path):
+    base = Cognition(tmp_path / "cog", config=CognitionConfig(backend="bm25", seed=False))
+    threads = [threading.Thread(target=lambda w=w: [base.merge(lesson) for lesson in
+                                                    _merge_lessons(w)[:-1]]) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    entries = base.entries()
+    assert len(entries) == 40 and len({e.id for e in entries}) == 40
 
 
 def test_entry_validation():
