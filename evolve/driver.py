@@ -75,12 +75,10 @@ class Driver:
                 self.launcher.resume()
                 self._recover_created()
                 self._submit_baselines()
-                while True:
+                while not self._should_stop():
                     progressed = self.step()
                     if self._complete():
                         self.stop_reason = self.stop_reason or "complete"
-                        break
-                    if self._should_stop():
                         break
                     if not progressed:
                         time.sleep(self.cfg.search.poll_s)
