@@ -129,7 +129,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "status": cmd_status, "top": cmd_top, "show": cmd_show,
             "train": cmd_train, "config": cmd_config}
 # Commands whose module parses its own arguments (argv after the command name).
-DELEGATED = {"check": ("evolve.checks", "main_check")}
+DELEGATED = {"check": ("evolve.checks", "main_check"), "report": ("evolve.report", "main_report"),
+             "doctor": ("evolve.doctor", "main_doctor")}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -173,13 +173,11 @@ def _failures(store: Store, cands: list[Candidate]) -> list[tuple[str, str, str]
         reason = ev.get("error") or ev.get("reason") or ev.get("detail") or ""
         for cid in [ev["candidate"]] if "candidate" in ev else ev.get("candidates", [""]):
             rows.append((stage, str(cid), str(reason)))
-    for c in cands:
-        if c.status == "rejected":
-            # checks.json holds the full verdicts; the journal line is the fallback when a
-            # crash came between the two.
-            gate = (c.checks or {}).get("failed_gate") or journal_gate.get(c.id) or "unknown"
-            rows.insert(0, (f"gate: {gate}", c.id, c.error or ""))
-    return rows
+    # checks.json holds the full verdicts; the journal line is the fallback when a crash came
+    # between the two.
+    gates = [(f"gate: {(c.checks or {}).get('failed_gate') or journal_gate.get(c.id) or 'unknown'}",
+              c.id, c.error or "") for c in cands if c.status == "rejected"]
+    return gates + rows
 
 
 def _cognition(store: Store) -> list[dict[str, Any]]:
