@@ -183,9 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-repeats", type=int, default=1)
     parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); 1 is steadier on a "
+                        "CPU shared with other jobs, where idle-spinning threads slow each other")
     parser.add_argument("--no-fla-refs", action="store_true", help="skip fla's PyTorch references")
     parser.add_argument("--out", type=Path, default=Path("bench-out/kernels.json"))
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     rows = [row for op in args.ops for row in bench_op(op, args)]
     if args.device == "cuda":
