@@ -124,7 +124,8 @@ def explore() -> TrainConfig:
         lm=lm, mqar=mqar,
         data=DataConfig(corpus="shakespeare", tokenizer="byte"),
         mqar_task=MQARConfig(vocab_size=8192, seq_len=256, num_kv_pairs=32,
-                             eval_num_kv_pairs=(16, 32, 64), num_eval_examples=2048),
+                             eval_num_kv_pairs=(16, 32, 64), num_eval_examples=2048,
+                             random_non_queries=True),
         eval=EvalConfig(bpb_windows=512, lm_eval_limit=500),
         runtime=RuntimeConfig(device="cuda", precision="bf16", engine="deepspeed", zero_stage=1),
     )

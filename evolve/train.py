@@ -55,9 +55,8 @@ def _batches(name: str, cfg: TrainConfig, seed: int):
                                               seq_len=track.seq_len, seed=seed, rank=rank)), data
     from evolve.mqar import mqar_batch
 
-    # Ranks draw different batches by offsetting the seed (mqar_batch has no rank argument).
-    return (lambda step: mqar_batch(cfg.mqar_task, step=step, batch_size=per_rank,
-                                    seed=seed * 1000 + rank)), None
+    return (lambda step: mqar_batch(cfg.mqar_task, step=step, batch_size=per_rank, seed=seed,
+                                    rank=rank)), None
 
 
 def _evaluate(name: str, outcome: TrackOutcome, cfg: TrainConfig, data: Any) -> dict[str, Any]:
