@@ -172,6 +172,36 @@ def bench_op(op: str, args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+def tiny_step_rates(repeats: int) -> list[dict]:
+    """Training tokens/s of one step of the tiny preset's lm model, for each baseline."""
+    from evolve.engine import lm_loss
+    from evolve.model.contract import BASELINE_NAMES, load_mixer_class
+    from evolve.model.lm import LanguageModel
+    from evolve.presets import tiny
+
+    track = tiny().lm
+    assert track is not None
+    out = []
+    for name in BASELINE_NAMES:
+        torch.manual_seed(0)
+        model = LanguageModel(track.model, load_mixer_class(name))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        x = torch.randint(0, track.model.vocab_size, (track.batch_size, track.seq_len + 1))
+
+        times = []
+        for i in range(repeats + 1):  # the first step warms up
+            start = time.perf_counter()
+            loss = lm_loss(model(x[:, :-1]), x[:, 1:])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times.append((time.perf_counter() - start) * 1e3)
+        min_ms = min(times[1:])
+        tokens = track.batch_size * track.seq_len
+        out.append({"mixer": name, "step_ms": min_ms, "tokens_per_s": tokens / (min_ms / 1e3)})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--T", type=int, default=1024)
@@ -187,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch CPU threads (default: torch's choice); 1 is steadier on a "
                         "CPU shared with other jobs, where idle-spinning threads slow each other")
     parser.add_argument("--no-fla-refs", action="store_true", help="skip fla's PyTorch references")
+    parser.add_argument("--no-tiny-steps", action="store_true",
+                        help="skip the tokens/s of a tiny training step per baseline")
     parser.add_argument("--out", type=Path, default=Path("bench-out/kernels.json"))
     args = parser.parse_args(argv)
     if args.threads:
@@ -207,8 +239,16 @@ def main(argv: list[str] | None = None) -> int:
         ratio = "" if r.speedup_vs_naive is None else f"{r.speedup_vs_naive:.1f}x"
         print(f"{r.op:<18}{r.impl:<24}{min_ms:>10}{ms:>10}{ratio:>10}  {r.note}")
 
+    steps = [] if args.no_tiny_steps else tiny_step_rates(args.repeats)
+    if steps:
+        print("\ntiny preset lm step (B=8, T=256, d=128, 2 layers, 450k params), min of repeats")
+        print(f"{'mixer':<18}{'step ms':>10}{'tokens/s':>12}")
+        for r in steps:
+            print(f"{r['mixer']:<18}{r['step_ms']:>10.1f}{r['tokens_per_s']:>12,.0f}")
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
+        "tiny_steps": steps,
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "device": device,
         "torch": torch.__version__,
