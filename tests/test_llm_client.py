@@ -137,7 +137,9 @@ def test_bad_json_answers(fake, answer, error):
 
 
 @pytest.mark.parametrize("how, check", [
-    ("llama_cpp", lambda b: b["response_format"] == {"type": "json_object", "schema": SCHEMA}),
+    ("llama_cpp", lambda b: b["response_format"] == {"type": "json_object", "schema": {
+        "type": "object", "properties": {"x": {"enum": [1, 2]}, "s": {"minLength": 8}},
+        "required": ["x"]}}),
     ("vllm", lambda b: b["guided_json"] == SCHEMA and "response_format" not in b),
     ("json_schema", lambda b: b["response_format"]["json_schema"]["schema"] == SCHEMA),
     ("none", lambda b: "response_format" not in b and "guided_json" not in b),
@@ -147,7 +149,8 @@ def test_structured_output_modes(fake, how, check):
     assert check(fake.requests[0])
 
 
-SCHEMA = {"type": "object", "properties": {"x": {"enum": [1, 2]}}, "required": ["x"]}
+SCHEMA = {"type": "object", "required": ["x"],
+          "properties": {"x": {"enum": [1, 2]}, "s": {"minLength": 40, "maxLength": 800}}}
 
 
 def test_concurrency_limit_and_usage(fake):

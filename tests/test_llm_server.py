@@ -64,7 +64,9 @@ def structural_check(code: str, folder: Path) -> tuple[bool, str, str]:
 
 
 def test_spec_proposal_parses_applies_renders_and_passes_checks(server, tmp_path):
-    client = LLMClient(server.config(max_tokens=256))
+    # A small prompt budget keeps the prompt short (the design space without choice notes):
+    # one thread of a busy 2-core machine reads about 45 prompt tokens a second.
+    client = LLMClient(server.config(max_tokens=256, context_chars=6000))
     parent_spec = BASELINE_SPECS["deltanet"]
     parent = {"id": "c000001", "spec": parent_spec.to_dict(), "metrics": {"val_bpb": 2.1},
               "motivation": "the DeltaNet baseline"}
@@ -108,7 +110,7 @@ def test_engineer_round_on_a_planted_shape_error(server, tmp_path):
     planted = good.replace(marker, marker + "[..., :-1]")
     passed, gate, message = structural_check(planted, tmp_path / "planted")
     assert not passed and gate == "interface", message
-    client = LLMClient(server.config(max_tokens=512))
+    client = LLMClient(server.config(max_tokens=512, context_chars=4000))
     result = repair(client, planted, gate=gate, message=message, attempts=1,
                     check=lambda code: structural_check(code, tmp_path / "repaired"))
     assert result.attempts == 1 and len(result.records) == 1

@@ -10,7 +10,7 @@ import pytest
 
 from evolve.checks import CheckConfig
 from evolve.llm.analyzer import analysis_schema, analyze
-from evolve.llm.client import LLMClient
+from evolve.llm.client import LLMClient, grammar_friendly
 from evolve.llm.engineer import repair
 from evolve.llm.prompts import build, curve_summary, template
 from evolve.llm.researcher import propose
@@ -215,7 +215,7 @@ def test_analyzer_returns_schema_valid_lessons(fake):
     prompt = fake.requests[0]["messages"][1]["content"]
     assert "c000003 (parent)" in prompt and "gla (baseline)" in prompt and "lm loss" in prompt
     schema = fake.requests[0]["response_format"]["schema"]
-    assert schema == analysis_schema(["s05"], 3)
+    assert schema == grammar_friendly(analysis_schema(["s05"], 3))
     assert result.analysis_json()["lessons"] == result.lessons
 
 
@@ -254,15 +254,25 @@ def test_templates_build_and_name_their_placeholders():
     for name in ("researcher_spec", "researcher_code", "engineer", "analyzer", "summarizer"):
         sections = template(name)
         assert set(sections) == {"system", "user"}
-        names = {m.group("named") or m.group("braced")
-                 for m in sections["user"].pattern.finditer(sections["user"].template)
+        names = {m.group("named") or m.group("braced") for part in sections.values()
+                 for m in part.pattern.finditer(part.template)
                  if m.group("named") or m.group("braced")}
         messages = build(name, **dict.fromkeys(names, "VALUE"))
-        assert "$" not in messages[1]["content"].replace("$$", "")
+        assert all("$" not in m["content"] for m in messages)
     with pytest.raises(ValueError, match="valid: analyzer"):
         template("nonexistent")
     with pytest.raises(ValueError, match=r"needs a value for \$text"):
         build("summarizer", topic="x", budget=1)
+
+
+def test_prompt_shrinks_to_the_budget(fake):
+    fake.default = ("answer", GOOD_EDITS)
+    for budget, expect in ((20_000, "additive state"), (6000, "How the state is written"),
+                           (2000, '"linear", "delta"')):
+        propose(client_for(fake, context_chars=budget), PARENT, mode="spec")
+        system = fake.requests[-1]["messages"][0]["content"]
+        assert expect in system, budget
+    assert len(fake.requests[-1]["messages"][0]["content"]) < 2000
 
 
 def test_curve_summary():

@@ -118,7 +118,7 @@ class LLMClient:
         if schema is None or how == "none":
             return {}
         if how == "llama_cpp":
-            return {"response_format": {"type": "json_object", "schema": schema}}
+            return {"response_format": {"type": "json_object", "schema": grammar_friendly(schema)}}
         if how == "vllm":
             return {"extra_body": {"guided_json": schema}}
         return {"response_format": {"type": "json_schema", "json_schema": {
@@ -229,6 +229,23 @@ class LLMClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def grammar_friendly(schema: Any) -> Any:
+    """`schema` without string length bounds beyond a few characters, for llama.cpp.
+
+    llama.cpp turns maxLength n into n nested optional rules: past a few hundred it refuses the
+    grammar (and llama-cpp-python 0.3.36 then drops the connection), and below that sampling
+    slows to about a token per second. The roles check lengths after parsing instead.
+    """
+    if isinstance(schema, dict):
+        out = {k: grammar_friendly(v) for k, v in schema.items() if k != "maxLength"}
+        if isinstance(out.get("minLength"), int):
+            out["minLength"] = min(out["minLength"], 8)
+        return out
+    if isinstance(schema, list):
+        return [grammar_friendly(v) for v in schema]
+    return schema
 
 
 def mark_outcome(call_or_record: Call | dict[str, Any], *, ok: bool, error: str = "",

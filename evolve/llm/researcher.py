@@ -19,18 +19,20 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from evolve.checks import DEFAULT_ALLOWED_IMPORTS
+from evolve.configio import field_docs
 from evolve.llm.client import LLMClient, mark_outcome
 from evolve.llm.parse import extract_code, extract_json
 from evolve.llm.prompts import (build, clip, flat_metrics, kernel_api, lessons_text, number,
                                 prompt_chars, prompt_hash)
 from evolve.llm.summarizer import fit_lines
-from evolve.model.edits import (EditError, allowed_values, apply_edits, describe_changes,
-                                proposal_schema)
+from evolve.model.edits import EditError, apply_edits, describe_changes, proposal_schema
 from evolve.model.render import describe, render, spec_from_source
-from evolve.model.space import FIELDS, OPTIONS, MixerSpec, SpecError, inert_fields
+from evolve.model.space import (FIELDS, OPTIONS, MixerSpec, SpecError, inert_fields,
+                                spec_schema)
 from evolve.novelty import code_hash
 from evolve.static_gates import CONTRACT
 
@@ -195,16 +197,18 @@ def _messages(client: LLMClient, mode: str, parent: Mapping[str, Any], base: Mix
         "notes": f"NOTES FROM EARLIER ROUNDS:\n{notes}" if notes else "",
         "feedback": "\n".join(history[-2:])}
     if base is not None:
+        inert = inert_fields(base)
         values.update(parent_description=describe(base), parent_spec=base.to_json(),
-                      max_edits=max_edits)
+                      max_edits=max_edits, inert=f" Leave {', '.join(inert)} alone: they have "
+                      "no effect in this parent." if inert else "")
     else:
         values.update(parent_description=str(parent.get("motivation") or "the parent mixer"),
                       parent_code=str(parent["code"]).strip(), contract=CONTRACT,
                       allowed_imports=", ".join(DEFAULT_ALLOWED_IMPORTS), kernels=kernel_api())
     share = budget // 5
-    for detailed in (True, False):
+    for detail in DETAIL:
         if base is not None:
-            values["fields"] = _fields(base, detailed)
+            values["design_space"] = design_space(detail)
         values["inspirations"] = fit_lines([_one_line(c) for c in inspirations], share)
         values["lessons"] = fit_lines([lessons_text([e]) for e in lessons], share)
         messages = build(f"researcher_{mode}", **values)
@@ -217,20 +221,28 @@ def _messages(client: LLMClient, mode: str, parent: Mapping[str, Any], base: Mix
     return build(f"researcher_{mode}", **values)
 
 
-def _fields(base: MixerSpec, detailed: bool) -> str:
-    inert = set(inert_fields(base))
+DETAIL = ("notes", "docs", "bare")
+
+
+@cache
+def design_space(detail: str = "notes") -> str:
+    """Every field of the design space with its choices: with each choice's note ('notes'),
+    with the field's docstring ('docs'), or the choices alone ('bare').
+
+    The same for every parent, so it sits in the system prompt, where llama.cpp's prompt
+    cache reuses it from one proposal to the next.
+    """
+    if detail not in DETAIL:
+        raise ValueError(f"detail={detail!r} is not valid; choose one of: {', '.join(DETAIL)}")
+    docs = field_docs(MixerSpec)
     lines = []
-    for name in FIELDS:
-        if name in inert:
-            continue
-        current, allowed = getattr(base, name), allowed_values(base, name)
-        if not allowed:
-            continue
-        if detailed:
-            choices = "; ".join(f"{json.dumps(c)} = {OPTIONS[name][c]}" for c in allowed)
+    for name, prop in spec_schema()["properties"].items():
+        if detail == "notes":
+            choices = "; ".join(f"{json.dumps(c)} = {OPTIONS[name][c]}" for c in prop["enum"])
         else:
-            choices = ", ".join(json.dumps(c) for c in allowed)
-        lines.append(f"- {name} [{json.dumps(current)}]: {choices}")
+            choices = ", ".join(json.dumps(c) for c in prop["enum"])
+        doc = f" {docs.get(name, '')} Choices:" if detail != "bare" else ""
+        lines.append(f"- {name}:{doc} {choices}")
     return "\n".join(lines)
 
 
