@@ -30,8 +30,8 @@ def _delta(cand: dict[str, Any], other: dict[str, Any], key: str) -> float | Non
     return None if x is None or y is None else x - y
 
 
-def analyze(cand: dict[str, Any], parents: list[dict[str, Any]], reference: dict[str, Any]
-            ) -> dict[str, Any]:
+def analyze(cand: dict[str, Any], parents: list[dict[str, Any]], reference: dict[str, Any],
+            run: str = "") -> dict[str, Any]:
     """`cand`/`parents`/`reference`: {"id", "metrics", "spec" (MixerSpec|None), "fitness"}."""
     lines: list[str] = []
     lessons: list[dict[str, Any]] = []
@@ -63,8 +63,10 @@ def analyze(cand: dict[str, Any], parents: list[dict[str, Any]], reference: dict
                 "insight": f"Changing {desc} {' and '.join(effects)} at this scale.",
                 "guidance": ("Keep this change and build on it." if helped else
                              "Avoid this change, or pair it with a compensating one."),
-                "evidence": [cand["id"], parent["id"]],
-                "polarity": "support" if helped else "contradict",
+                "source": f"run {run}: {cand['id']} vs parent {parent['id']}",
+                "evidence": f"{cand['id']} against {parent['id']}: d_bpb={_fmt(d_bpb)}, "
+                            f"d_mqar={_fmt(d_mqar)}",
+                "tags": ["rules", "helped" if helped else "hurt"],
             })
     if cand.get("status") == "failed":
         lines.append(f"Training failed: {cand.get('reason')}")

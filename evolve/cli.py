@@ -5,6 +5,8 @@
     evolve train --mixer deltanet --preset tiny            # train and score one mixer
     evolve train --mixer path/to/mixer.py --preset tiny --out state/try1
     evolve check FILE                                      # the gates, in a sandbox
+    evolve report RUN / evolve doctor / evolve cognition list|search|add|show
+    evolve llm serve --run RUN                             # the local llama.cpp model server
     evolve config show [--preset tiny] [CONFIG]            # the resolved config, every key
     evolve config validate CONFIG
 
@@ -130,7 +132,20 @@ COMMANDS = {"run": cmd_run, "status": cmd_status, "top": cmd_top, "show": cmd_sh
             "train": cmd_train, "config": cmd_config}
 # Commands whose module parses its own arguments (argv after the command name).
 DELEGATED = {"check": ("evolve.checks", "main_check"), "report": ("evolve.report", "main_report"),
-             "doctor": ("evolve.doctor", "main_doctor")}
+             "doctor": ("evolve.doctor", "main_doctor"),
+             "cognition": ("evolve.cognition_cli", "main_cognition"),
+             "llm": ("evolve.cli", "main_llm")}
+
+
+def main_llm(argv: list[str]) -> int:
+    """`evolve llm serve ...`: the local llama.cpp model server."""
+    if not argv or argv[0] != "serve":
+        print("usage: evolve llm serve (--run RUN | --endpoint FILE) [--model GGUF] ...",
+              file=sys.stderr)
+        return 2
+    from evolve.llm.server import main_serve
+
+    return main_serve(argv[1:])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -211,22 +211,28 @@ class Driver:
 
     def _archive(self) -> list[ArchiveEntry]:
         state = self.store.replay()
-        track = self.cfg.train.lm or self.cfg.train.mqar
-        assert track is not None
         entries = []
         for c in state.candidates.values():
             prop = self._proposal(c.id)
-            spec = MixerSpec.from_dict(prop["spec"]) if prop.get("spec") else None
-            if spec is not None and spec.conv_size is None:
-                # Pin "the run's conv width" to its value, so that settings which only matter
-                # without a convolution are seen as inert and their mutations as duplicates.
-                spec = spec.replace(conv_size=track.model.conv_size)
+            spec = self._spec(prop)
             entries.append(ArchiveEntry(id=c.id, spec=spec, fitness=c.fitness,
                                         parents=list(c.parents), name=prop.get("name", ""),
                                         motivation=prop.get("motivation", ""),
                                         generation=c.generation, island=c.island,
                                         status=c.status))
         return entries
+
+    def _spec(self, proposal: dict[str, Any]) -> MixerSpec | None:
+        if not proposal.get("spec"):
+            return None
+        spec = MixerSpec.from_dict(proposal["spec"])
+        if spec.conv_size is None:
+            # Pin "the run's conv width" to its value, so that settings which only matter
+            # without a convolution are seen as inert and their mutations as duplicates.
+            track = self.cfg.train.lm or self.cfg.train.mqar
+            assert track is not None
+            spec = spec.replace(conv_size=track.model.conv_size)
+        return spec
 
     def _propose_if_room(self) -> bool:
         state = self.store.replay()
@@ -334,22 +340,26 @@ class Driver:
             return {"id": cid, "name": p.get("name", ""), "metrics": r.get("metrics", {}),
                     "status": r.get("status"), "reason": r.get("reason"),
                     "fitness": state.candidates[cid].fitness if cid in state.candidates else None,
-                    "spec": MixerSpec.from_dict(p["spec"]) if p.get("spec") else None}
+                    "spec": self._spec(p)}
 
         for c in scored:
             parents = [view(p) for p in c.parents if p in state.candidates]
-            report = analyze(view(c.id), parents, view(ref_id) if ref_id else {})
+            report = analyze(view(c.id), parents, view(ref_id) if ref_id else {},
+                             run=self.store.name)
             self.store.write_json(self.store.candidate(c.id).analysis, report)
             self._merge_lessons(c.id, report.get("lessons", []))
             self.store.record("analyzed", c.id, lessons=len(report.get("lessons", [])))
         return True
 
     def _merge_lessons(self, cid: str, lessons: list[dict[str, Any]]) -> None:
+        """Fold the lessons into the run's cognition base (under its lock). A crash between
+        this and the `analyzed` event merges them again: the entry gains a repeated piece of
+        evidence, nothing is lost."""
         if not lessons:
             return
-        try:
-            from evolve.cognition import merge_lessons
-        except ImportError:
-            return
-        merge_lessons(self.store, lessons, source={"run": self.store.name, "candidate": cid})
+        from evolve.cognition import Cognition
+
+        outcomes = Cognition.for_store(self.store).merge_many(lessons)
+        self.store.record("lessons_merged", cid,
+                          outcomes=[{"action": o.action, "id": o.id} for o in outcomes])
 

@@ -68,6 +68,17 @@ def check_invariants(run: Path, min_proposals: int) -> None:
                 assert steps == sorted(set(steps)), (cid, track, "a step trained twice")
     for path in run.rglob("*.json"):
         json.loads(path.read_text())  # every JSON file parses
+    # Every lesson of every analysis is in the cognition base, as an entry or as evidence.
+    sources = set()
+    for entry in (run / "cognition").glob("*.json"):
+        data = json.loads(entry.read_text())
+        if isinstance(data, dict) and "id" in data:
+            sources.add(data.get("source"))
+            sources.update(e.get("source") for e in data.get("supporting", []))
+            sources.update(e.get("source") for e in data.get("contradicting", []))
+    for analysis in run.glob("candidates/*/analysis.json"):
+        for lesson in json.loads(analysis.read_text()).get("lessons", []):
+            assert lesson["source"] in sources, (analysis, lesson["source"])
     proposals = [r for r in leaderboard(run) if r["kind"] == "proposal"]
     assert len(proposals) + sum(c.status == "failed" for c in state.candidates.values()) \
         >= min_proposals
