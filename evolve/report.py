@@ -506,7 +506,9 @@ def _candidate_html(c: Candidate, ids: _Ids) -> str:
         verdict = "passed" if c.checks.get("passed") else f"failed at {c.checks.get('failed_gate')}"
         rows.append(("checks", esc(verdict)))
     if c.error:
-        rows.append(("error", ids.text(c.error[:1000])))
+        # The journal keeps the last error of a candidate that was resubmitted and then trained.
+        failed = c.status in ("rejected", "failed", "lost", "submit_failed", "cancelled")
+        rows.append(("error" if failed else "earlier error", ids.text(c.error[:1000])))
     table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     analysis = (c.analysis or {}).get("analysis")
     return (f'<div class=cand id="{esc(c.id)}"><h3>{esc(c.id)}: {esc(c.label)}</h3>'

@@ -5,26 +5,30 @@ Measures, in one run:
      baselines, trainings cut to 2 steps) with every phase of `Driver.step()` timed by wrapping
      the instance's methods (nothing in evolve/driver.py changes). Bookkeeping (polling jobs,
      scoring, analysis by rules, proposing with the model-free mutator, submitting, stop checks)
-     is reported apart from the CHECK gates (a sandbox subprocess per candidate) and from
-     training and model calls (not in the driver's process at all). The overhead is quoted as a
-     share of one real `tiny` training of deltanet:
+     is reported apart from the CHECK gates (a sandbox subprocess per candidate), from
+     submitit's sleep between the tasks of a local array, and from training and model calls
+     (not in the driver's process at all). The overhead is quoted as a share of one real `tiny`
+     training of deltanet (`evolve train --mixer deltanet --preset tiny`):
         busy share  = bookkeeping per candidate, idle polls excluded / tiny training seconds
         idle share  = cost of one idle loop iteration / search.poll_s  (the driver's duty cycle
                       while it waits; charged in full to one training, the worst case)
      Goal: busy + idle share under 1%.
-  2. candidates per hour with 1 and with 4 parallel workers: 8 trainings of fixed length (a
+  2. an idle loop iteration of a driver whose archive holds --scale analyzed proposals (100
+     and 1,000 by default): how the per-poll cost grows late in a long search.
+  3. candidates per hour with 1 and with 4 parallel workers: 8 trainings of fixed length (a
      checkpointable job that sleeps --job-seconds, writing a checkpoint each second) submitted
      as one array through `evolve.launch.Launcher` on the local executor, at
      array_parallelism 1 and 4. Goal: speed-up of at least 3.5x.
 
-Run from the repository root (about 8 minutes on 2 cores, most of it the tiny training and the
-serial array):
+Run from the repository root (on an idle 2-core machine about 10 minutes, most of it the tiny
+training and the serial array; far longer when other work shares the cores):
     .venv/bin/python tools/bench/driver.py                         # writes bench-out/driver.json
     .venv/bin/python tools/bench/driver.py --tiny-seconds 131      # reuse a measured training
-    .venv/bin/python tools/bench/driver.py --skip-speedup --candidates 2 --out /tmp/d.json
+    .venv/bin/python tools/bench/driver.py --skip-speedup --scale "" --candidates 2 --out /tmp/d.json
 
 Times are wall-clock (`perf_counter`) and the driver process's CPU time (`process_time`); on a
-machine shared with the trainings, wall time includes waiting for a core, CPU time does not.
+machine shared with other work, wall time includes waiting for a core, CPU time does not. The
+load average before and after is printed and stored.
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ def search_config(root: Path, candidates: int, poll_s: float) -> Path:
                    "poll_s": poll_s},
         "launch": {"executor": "local", "array_parallelism": 2, "timeout_min": 30},
     }
+    root.mkdir(parents=True, exist_ok=True)
     path = root / "bench.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -185,6 +190,47 @@ def measure_search(root: Path, candidates: int, poll_s: float) -> dict[str, Any]
         "gates_per_candidate_wall_s": phases.wall[GATES] / max(gated, 1),
         "throttle_per_candidate_wall_s": phases.wall[THROTTLE] / n,
     }
+
+
+def measure_idle_at_scale(root: Path, size: int, poll_s: float, repeats: int = 5
+                          ) -> dict[str, Any]:
+    """One idle loop iteration (step + the two stop checks) of a driver whose archive holds
+    `size` analyzed proposals: what the driver spends per poll while trainings run, late in a
+    long search."""
+    from evolve.config import load_run_config
+    from evolve.driver import Driver
+
+    path = search_config(root / f"scale-{size}", size, poll_s)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["store"] = {"fsync": False}  # building the archive only; reads do not depend on it
+    path.write_text(yaml.safe_dump(cfg))
+    driver = Driver(load_run_config(path))
+    store = driver.store
+    for i in range(size):
+        cid = store.new_candidate(generation=1 + i // 4, parents=[])
+        paths = store.candidate(cid)
+        store.write_text(paths.mixer, "# not trained: an archive entry for the bench\n")
+        store.write_json(paths.proposal, {"kind": "proposal", "proposer": "mutator",
+                                          "motivation": f"entry {i}", "parents": [], "seed": 0})
+        for event, fields in (("proposed", {}), ("checked", {"passed": True}),
+                              ("submitted", {"job_id": str(i), "submission": "s0"}),
+                              ("done", {"gpu_hours": 0.0}), ("scored", {"fitness": i / size}),
+                              ("analyzed", {"lessons": 0})):
+            store.record(event, cid, **fields)
+    times = []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        progressed = driver.step()
+        driver._should_stop()
+        complete = driver._complete()
+        times.append((time.perf_counter() - w0, time.process_time() - c0))
+        if progressed or not complete:
+            raise SystemExit(f"archive of {size}: the driver was not idle ({progressed=}, "
+                             f"{complete=})")
+    wall = statistics.median(w for w, _ in times)
+    cpu = statistics.median(c for _, c in times)
+    return {"archive": size, "idle_iteration_wall_s": wall, "idle_iteration_cpu_s": cpu,
+            "duty": wall / poll_s, "events": store.replay().num_events}
 
 
 def measure_tiny(root: Path) -> tuple[float, float]:
@@ -284,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=8, help="trainings per array in part 2")
     p.add_argument("--job-seconds", type=float, default=20.0, help="length of each training")
     p.add_argument("--workers", default="1,4", help="parallelisms to compare (first: base)")
+    p.add_argument("--scale", default="100,1000",
+                   help="archive sizes at which to time an idle loop iteration ('' to skip)")
     p.add_argument("--skip-speedup", action="store_true")
     p.add_argument("--skip-overhead", action="store_true")
     p.add_argument("--dir", type=Path, default=None, help="where to create the temporary runs")
@@ -315,6 +363,14 @@ def main(argv: list[str] | None = None) -> int:
             print_overhead(search)
             if busy + idle >= GOAL_OVERHEAD:
                 missed.append("overhead")
+        sizes = [int(n) for n in args.scale.split(",") if n.strip()]
+        if sizes:
+            scale = [measure_idle_at_scale(root, n, args.poll_s) for n in sizes]
+            report["idle_at_scale"] = scale
+            print(f"{'archive':>8} {'events':>7} {'idle iteration':>15} {'CPU':>9} {'duty':>7}")
+            for r in scale:
+                print(f"{r['archive']:>8} {r['events']:>7} {r['idle_iteration_wall_s'] * 1000:>13.1f}ms "
+                      f"{r['idle_iteration_cpu_s'] * 1000:>7.1f}ms {r['duty']:>7.2%}")
         if not args.skip_speedup:
             counts = [int(w) for w in args.workers.split(",")]
             rows = [measure_workers(root, w, args.jobs, args.job_seconds) for w in counts]
