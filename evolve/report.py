@@ -114,7 +114,8 @@ def _curves(metrics: Path) -> dict[str, list[tuple[int, float]]]:
         except ValueError:
             continue  # a torn last line of a training still running
         if isinstance(row, dict) and "loss" in row and "step" in row:
-            by_track.setdefault(str(row.get("track", "lm")), {})[int(row["step"])] = float(row["loss"])
+            track = by_track.setdefault(str(row.get("track", "lm")), {})
+            track[int(row["step"])] = float(row["loss"])
     return {t: sorted(steps.items()) for t, steps in by_track.items()}
 
 
@@ -442,7 +443,8 @@ def _leaderboard(run: Path, ids: _Ids) -> str:
             f"<td>{ids.text(r['label'])}</td><td class=num>{_num(r['fitness'], '+.4f')}</td>"
             f"<td class=num>{_num(r['bpb'], '.4f')}</td><td class=num>{_num(r['mqar'], '.3f')}</td>"
             f"<td class=num>{_num(r['tokens_per_s'], ',.0f')}</td>"
-            f"<td>{ids.text(', '.join(r['parents']))}</td><td class=num>{esc(r['generation'])}</td></tr>")
+            f"<td>{ids.text(', '.join(r['parents']))}</td>"
+            f"<td class=num>{esc(r['generation'])}</td></tr>")
     if not rows:
         return "<p class=muted>No candidate has finished training yet.</p>"
     return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows)
@@ -453,7 +455,8 @@ def _failure_table(data: RunData, ids: _Ids) -> str:
     if not data.failures:
         return "<p class=muted>No failures recorded.</p>"
     rows = "".join(f"<tr><td>{esc(stage)}</td><td>{ids.text(cid)}</td>"
-                   f"<td>{ids.text(reason[:400])}</td></tr>" for stage, cid, reason in data.failures)
+                   f"<td>{ids.text(reason[:400])}</td></tr>"
+                   for stage, cid, reason in data.failures)
     return f"<table><tr><th>stage</th><th>candidate</th><th>reason</th></tr>{rows}</table>"
 
 
@@ -461,7 +464,9 @@ def _lesson_html(lesson: dict[str, Any], ids: _Ids) -> str:
     polarity = str(lesson.get("polarity", ""))
     cls = "contradict" if polarity == "contradict" else "support"
     evidence = lesson.get("evidence") or []
-    links = ", ".join(ids.text(e) for e in evidence) if isinstance(evidence, list) else ids.text(evidence)
+    if not isinstance(evidence, list):
+        evidence = [evidence]
+    links = ", ".join(ids.text(e) for e in evidence)
     return (f"<div class=lesson><b class={cls}>{ids.text(lesson.get('title', ''))}</b><br>"
             f"{ids.text(lesson.get('insight', ''))} <i>{ids.text(lesson.get('guidance', ''))}</i>"
             f"<br><span class=muted>evidence: {links or '-'}</span></div>")
@@ -482,7 +487,8 @@ def _lessons(cands: list[Candidate], cognition: list[dict[str, Any]], ids: _Ids)
                      "has gathered evidence yet.</p>")
     for e in cognition:
         evidence = "".join(
-            f"<li class={cls}>{word}: {ids.text(ev.get('source', ''))}: {ids.text(ev.get('note', ''))}</li>"
+            f"<li class={cls}>{word}: {ids.text(ev.get('source', ''))}: "
+            f"{ids.text(ev.get('note', ''))}</li>"
             for key, cls, word in (("supporting", "support", "supports"),
                                    ("contradicting", "contradict", "contradicts"))
             for ev in e.get(key) or [] if isinstance(ev, dict))

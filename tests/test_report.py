@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from evolve.cognition import Cognition, CognitionConfig
 from evolve.config import load_run_config
 from evolve.driver import Driver
 from evolve.fsio import read_json
@@ -119,11 +120,17 @@ def test_model_written_text_is_escaped_and_failures_are_counted(run: Path,
     # A proposal rejected by a gate, and a training that failed, as the driver records them.
     rejected = store.new_candidate(generation=2, parents=[first])
     store.write_json(store.candidate(rejected).proposal, {"kind": "proposal", "motivation": "r"})
-    store.write_json(store.candidate(rejected).checks, {"passed": False, "failed_gate": "causality"})
+    store.write_json(store.candidate(rejected).checks,
+                     {"passed": False, "failed_gate": "causality"})
     store.record("checked", rejected, passed=False, failed_gate="causality",
                  error="output at t depends on t+1 " + HOSTILE)
     broken = store.new_candidate(generation=2, parents=[first])
     store.record("failed", broken, error="RuntimeError: loss is nan")
+    # A lesson merged into the run's cognition base, citing its candidate.
+    base = Cognition(store.cognition_dir, lock=store.lock("cognition"),
+                     config=CognitionConfig(backend="bm25", seed=False))
+    entry = base.add({"title": "cognition " + HOSTILE, "insight": "a short conv helps recall",
+                      "source": f"run mini: {first}"})
 
     index = write_report(copy, copy / "report")
     html = index.read_text(encoding="utf-8")
@@ -136,6 +143,8 @@ def test_model_written_text_is_escaped_and_failures_are_counted(run: Path,
     text = " ".join(page.text)
     assert "gate: causality" in text and "training (job failed)" in text
     assert "loss is nan" in text
+    assert f"{entry.id} (lesson): cognition <script>" in text  # shown as text, not markup
+    assert f'run mini: <a href="#{first}">{first}</a>' in html
 
 
 @pytest.mark.slow
