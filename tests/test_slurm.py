@@ -87,7 +87,8 @@ def test_driver_killed_right_after_sbatch_recovers_ids(tmp_path: Path) -> None:
 def test_failing_task_leaves_traceback_and_log_tail(tmp_path: Path) -> None:
     store = jt.scenario_failure(tmp_path / "run", "slurm")
     err = read_json(store.candidate("c000000").error)
-    assert err["state"] in ("FAILED", "RUNNING", "COMPLETING")  # sacct may lag the result file
+    # sacct may lag the result file by seconds; on a loaded machine it still said PENDING.
+    assert err["state"] in ("FAILED", "RUNNING", "COMPLETING", "PENDING")
     assert "log.err" in err["logs"][0]
 
 
