@@ -89,6 +89,16 @@ def test_bad_spec_answers_are_recorded_failures(fake, answers, error):
     assert all(r["outcome"]["ok"] is False and r["raw"] == answers[0] for r in result.records)
 
 
+def test_motivation_copied_from_the_prompt_is_rejected(fake):
+    echo = json.dumps({"motivation": "Which mechanism your edits add or remove and how you "
+                                     "expect loss or recall to change",
+                       "edits": [{"field": "decay", "value": "scalar"}]})
+    fake.script = [("answer", echo), ("answer", GOOD_EDITS)]
+    result = propose(client_for(fake), PARENT, mode="spec")
+    assert result.ok and result.attempts == 2 and "forget gate" in result.motivation
+    assert "copies the prompt" in result.records[0]["outcome"]["error"]
+
+
 def test_already_tried_design_is_rejected(fake):
     child = PARENT_SPEC.replace(decay="scalar")
     fake.default = ("answer", GOOD_EDITS)

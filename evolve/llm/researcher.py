@@ -112,13 +112,25 @@ def propose(client: LLMClient, parent: Mapping[str, Any], *,
         error = call.error if not call.ok else (
             _take_spec(call.text, base, result, tried, max_edits) if base is not None
             else _take_code(call.text, parent, result, tried))
+        if not error and copied(result.motivation, messages):
+            error = ("the motivation copies the prompt's words; say in your own words why "
+                     "these changes should help")
         mark_outcome(call, ok=not error, error=error)
         if not error:
             result.ok, result.error = True, ""
             return result
         result.error = error
+        result.motivation, result.code, result.spec, result.edits, result.changes = \
+            "", "", None, [], []
         history.append(f"Attempt {attempt} was rejected: {error}")
     return result
+
+
+def copied(text: str, messages: Sequence[Mapping[str, str]]) -> bool:
+    """Whether `text` is a verbatim piece of the prompt (small models echo instructions)."""
+    flat = " ".join(text.lower().split()).strip(" .")
+    prompt = " ".join(" ".join(m["content"] for m in messages).lower().split())
+    return len(flat) >= MIN_MOTIVATION and flat in prompt
 
 
 def _schema(base: MixerSpec, max_edits: int) -> dict[str, Any]:

@@ -79,6 +79,7 @@ class LocalServer:
         self.n_threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
         self.startup_timeout_s = startup_timeout_s
         self.python, self.extra_args = python, list(extra_args)
+        self._own_log = log_path is None  # a temporary log, removed by `stop`
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix="evolve-llm-", suffix=".log")
             os.close(fd)
@@ -117,10 +118,10 @@ class LocalServer:
             if self.healthy():
                 return self
             time.sleep(0.5)
+        tail = self.log_tail()
         self.stop()
         raise RuntimeError(f"the llama.cpp server did not answer within "
-                           f"{self.startup_timeout_s:g}s; its log ({self.log_path}) ends:\n"
-                           f"{self.log_tail()}")
+                           f"{self.startup_timeout_s:g}s; its log ended:\n{tail}")
 
     def healthy(self) -> bool:
         """Whether GET /v1/models answers 200 with the server's key."""
@@ -171,6 +172,8 @@ class LocalServer:
         process = self.process
         if process is None:
             return None
+        if self._own_log:
+            self.log_path.unlink(missing_ok=True)  # the server keeps writing to its open file
         if process.poll() is None:
             for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
                 try:
@@ -206,19 +209,17 @@ def main_serve(argv: list[str] | None = None) -> int:
                         help="CPU threads (default: half the cores)")
     parser.add_argument("--log", help="server log file (default: next to endpoint.json)")
     args = parser.parse_args(argv)
-    if args.run:
-        from evolve.store import Store
+    from evolve.fsio import StateError
+    from evolve.store import Store
 
-        path = Store.open(args.run).endpoint_path
-    else:
-        path = Path(args.endpoint)
-    log = args.log or path.with_name("server.log")
     try:
+        path = Store.open(args.run).endpoint_path if args.run else Path(args.endpoint)
+        log = args.log or path.with_name("server.log")
         server = LocalServer(args.model, host=args.host, port=args.port or None,
                              n_ctx=args.n_ctx, n_threads=args.threads, log_path=log)
         Path(log).parent.mkdir(parents=True, exist_ok=True)
         server.start()
-    except (FileNotFoundError, RuntimeError) as exc:
+    except (FileNotFoundError, RuntimeError, StateError) as exc:
         print(f"evolve llm serve: {exc}", file=sys.stderr)
         return 2
     stopping: list[int] = []
