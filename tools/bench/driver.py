@@ -299,16 +299,25 @@ def measure_workers(root: Path, workers: int, candidates: int, seconds: float) -
     cfg = LaunchConfig(executor="local", array_parallelism=workers, cpus_per_task=1,
                        timeout_min=max(5, int(3 * serial_s / 60) + 1), poll_s=0.5)
     launcher = Launcher(store, cfg)
-    t0 = time.perf_counter()
+    t0, epoch0 = time.perf_counter(), time.time()
     launcher.submit(cids, this_module().SleepJob(seconds), {}, generation=0)
     final = launcher.wait(timeout_s=3 * serial_s + 120, poll_s=0.5)
     took = time.perf_counter() - t0
     if final != {c: "done" for c in cids}:
         raise SystemExit(f"{workers} worker(s): not every job finished: {final}")
     spans = [read_json(store.candidate(c).result) for c in cids]
+    first_start = min(s["started"] for s in spans) - epoch0
+    last_end = max(s["ended"] for s in spans) - epoch0
+    busy = last_end - first_start
     return {"workers": workers, "candidates": candidates, "job_s": seconds, "wall_s": took,
             "candidates_per_hour": candidates / took * 3600,
-            "max_concurrent": max_overlap([(s["started"], s["ended"]) for s in spans])}
+            "max_concurrent": max_overlap([(s["started"], s["ended"]) for s in spans]),
+            # Where the time beyond the sleeping went: before the first training started
+            # (submission, process start, imports), between trainings (slot hand-over, starts
+            # not overlapped), after the last one ended (until the launcher collected it).
+            "to_first_start_s": first_start,
+            "between_s": busy - seconds * -(-candidates // workers),
+            "after_last_end_s": took - last_end}
 
 
 def max_overlap(spans: list[tuple[float, float]]) -> int:
@@ -448,10 +457,12 @@ def print_scale(rows: list[dict[str, Any]], poll_s: float) -> None:
 
 def print_workers(rows: list[dict[str, Any]]) -> None:
     print(f"{'workers':>7} {'jobs':>5} {'job s':>6} {'wall s':>8} {'cand/h':>8} "
-          f"{'concurrent':>10} {'speed-up':>8}")
+          f"{'concurrent':>10} {'speed-up':>8}   time not sleeping: before / between / after")
     for r in rows:
         print(f"{r['workers']:>7} {r['candidates']:>5} {r['job_s']:>6g} {r['wall_s']:>8.1f} "
-              f"{r['candidates_per_hour']:>8.1f} {r['max_concurrent']:>10} {r['speedup']:>7.2f}x")
+              f"{r['candidates_per_hour']:>8.1f} {r['max_concurrent']:>10} {r['speedup']:>7.2f}x"
+              f"   {r['to_first_start_s']:.1f} / {r['between_s']:.1f} / "
+              f"{r['after_last_end_s']:.1f} s")
     goal = "met" if rows[-1]["speedup"] >= GOAL_SPEEDUP else "MISSED"
     print(f"speed-up {rows[0]['workers']} -> {rows[-1]['workers']} workers: "
           f"{rows[-1]['speedup']:.2f}x (goal >= {GOAL_SPEEDUP}x: {goal})")
