@@ -78,6 +78,8 @@ class TrainedPoint:
 
 @dataclass
 class RunData:
+    """What the plots and tables are drawn from."""
+
     name: str
     candidates: dict[str, Candidate]
     trained: list[TrainedPoint]
