@@ -105,8 +105,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     code = driver.run()
     print(f"evolve: {cfg.run_dir}: stopped ({driver.stop_reason})", file=sys.stderr)
     from evolve.board import print_top
+    from evolve.report import write_report
 
     print_top(cfg.run_dir, limit=20)
+    page = write_report(cfg.run_dir, cfg.run_dir / "report")
+    print(f"report: {page}")
     return code
 
 
