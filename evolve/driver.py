@@ -50,6 +50,7 @@ class Driver:
         self.store = Store.create(cfg.run_dir, to_dict(cfg), cfg=cfg.store, force=force)
         self.launcher = Launcher(self.store, cfg.launch)
         self.stop_reason: str | None = None
+        self._proposals: dict[str, dict[str, Any]] = {}
         state = self.store.replay()
         # Seeded by the run and by how far it got, so a resumed search does not replay the
         # same random choices as its first life.
@@ -137,7 +138,14 @@ class Driver:
     # ---- candidates ----------------------------------------------------------------------
 
     def _proposal(self, cid: str) -> dict[str, Any]:
-        return read_json(self.store.candidate(cid).proposal, {}) or {}
+        # proposal.json is written once, before the candidate is journaled as proposed, and
+        # never changed: cache it (the loop reads it for every candidate on every pass).
+        cached = self._proposals.get(cid)
+        if cached is None:
+            cached = read_json(self.store.candidate(cid).proposal, {}) or {}
+            if cached:
+                self._proposals[cid] = cached
+        return cached
 
     def _kind(self, cid: str) -> str:
         return self._proposal(cid).get("kind", "proposal")
