@@ -140,3 +140,11 @@ def test_serve_command_writes_a_private_endpoint(tmp_path):
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
     assert not endpoint.exists()
+
+
+def test_command_keeps_the_key_off_the_command_line(tmp_path):
+    server = LocalServer(api_key="k-123456", port=5555, log_path=tmp_path / "log")
+    assert server.model.name.endswith(".gguf") and server.model.is_file()
+    assert "k-123456" not in " ".join(server.command())
+    assert server.config().base_url == "http://127.0.0.1:5555/v1"
+    assert server.endpoint()["key"] == "k-123456" and server.endpoint()["server"] == "llama_cpp"
