@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from evolve.checks import CheckConfig
+from evolve.cognition import CognitionConfig
 from evolve.configio import (ConfigError, check_keys, choice, deep_update, from_dict, positive,
                              read_yaml, to_dict)
 from evolve.executors import LaunchConfig
+from evolve.llm.config import LLMConfig
 from evolve.mutate import MutatorConfig
 from evolve.novelty import NoveltyConfig
 from evolve.presets import PRESETS, TrainConfig, preset
@@ -28,7 +30,6 @@ from evolve.sampling import SamplingConfig
 from evolve.store import StoreConfig
 
 PROPOSERS = ("auto", "mutator", "llm")
-MODES = ("spec", "code")
 
 
 @dataclass(kw_only=True)
@@ -38,8 +39,6 @@ class SearchConfig:
     proposer: str = "auto"
     """mutator (no model), llm (the configured model server), or auto (llm when an endpoint
     is configured or reachable, else the mutator)."""
-    mode: str = "spec"
-    """spec (the model fills a JSON spec over the design space) or code (it writes the file)."""
     max_candidates: int = 12
     """Stop proposing after this many proposals have been trained (baselines not counted)."""
     generation_size: int = 4
@@ -68,7 +67,6 @@ class SearchConfig:
     def __post_init__(self) -> None:
         self.baselines = tuple(self.baselines)
         choice("proposer", self.proposer, PROPOSERS)
-        choice("mode", self.mode, MODES)
         for name in ("max_candidates", "generation_size", "max_in_flight", "baseline_seeds",
                      "confirm_seeds"):
             positive(name, getattr(self, name))
@@ -101,28 +99,6 @@ class FitnessConfig:
 
 
 @dataclass(kw_only=True)
-class LLMSettings:
-    """Where the proposer model is served (see `evolve llm serve` and slurm/llm.sbatch)."""
-
-    base_url: str | None = None
-    """OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1 (None: use endpoint_file)."""
-    endpoint_file: str | None = None
-    """A JSON file with host, port, model and key (default: <run>/llm/endpoint.json)."""
-    model: str | None = None
-    """Model name to request (None: the server's first model)."""
-    api_key_env: str = "EVOLVE_LLM_API_KEY"
-    """Environment variable holding the API key when base_url is used (never in the YAML)."""
-    temperature: float = 0.8
-    """Sampling temperature of proposals."""
-    max_tokens: int = 1024
-    """Longest answer requested."""
-    timeout_s: float = 300.0
-    """Seconds before one request is abandoned (and retried)."""
-    serve_local: bool = True
-    """With proposer auto/llm and no endpoint, start the small local llama.cpp model."""
-
-
-@dataclass(kw_only=True)
 class RunConfig:
     """A whole search: what to train, how to propose, where to run, when to stop."""
 
@@ -150,8 +126,10 @@ class RunConfig:
     """Where trainings run: local subprocesses or Slurm arrays."""
     store: StoreConfig = field(default_factory=StoreConfig)
     """Locks and permissions of the state folder."""
-    llm: LLMSettings = field(default_factory=LLMSettings)
-    """The proposer model server."""
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    """The model server for the LLM roles (base_url or endpoint_file, sampling, retries)."""
+    cognition: CognitionConfig = field(default_factory=CognitionConfig)
+    """Retrieval and merging of the run's cognition base."""
 
     def __post_init__(self) -> None:
         choice("preset", self.preset, PRESETS)

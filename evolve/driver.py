@@ -367,7 +367,7 @@ class Driver:
             return
         from evolve.cognition import Cognition
 
-        outcomes = Cognition.for_store(self.store).merge_many(lessons)
+        outcomes = Cognition.for_store(self.store, self.cfg.cognition).merge_many(lessons)
         self.store.record("lessons_merged", cid,
                           outcomes=[{"action": o.action, "id": o.id} for o in outcomes])
 
