@@ -14,8 +14,10 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-# Two-sided 95% Student-t quantiles for 1..10 degrees of freedom; 1.96 beyond.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+# Two-sided 95% Student-t quantiles for 1..30 degrees of freedom (no scipy needed); 1.96 beyond.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
@@ -25,7 +27,7 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, math.nan
-    t = _T975[len(values) - 2] if len(values) - 1 <= len(_T975) else 1.96
+    t = T975[len(values) - 2] if len(values) - 1 <= len(T975) else 1.96
     return mean, t * statistics.stdev(values) / math.sqrt(len(values))
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -23,23 +22,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from evolve.fitness import mean_ci
+
 BASELINES = ("softmax", "gated_deltanet", "deltanet", "gla", "linear_attention")
-# Two-sided 95% Student-t quantiles for 1..30 degrees of freedom (avoids a scipy dependency).
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-        2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 SOLVED = 0.9
 """MQAR counts as solved by a seed when its accuracy at the training pair count reaches this."""
 
 
 def ci95(values: list[float]) -> tuple[float, float, float]:
     """Mean, standard deviation and the half-width of the 95% interval of the mean."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, float("nan"), float("nan")
-    sd = statistics.stdev(values)
-    t = T975[min(len(values) - 1, len(T975)) - 1]
-    return mean, sd, t * sd / math.sqrt(len(values))
+    mean, half = mean_ci(values)
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return mean, sd, half
 
 
 def run_one(mixer: str, seed: int, out: Path, args: argparse.Namespace) -> dict[str, Any]:
