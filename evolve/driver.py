@@ -51,7 +51,9 @@ class Driver:
         self.launcher = Launcher(self.store, cfg.launch)
         self.stop_reason: str | None = None
         self._proposals: dict[str, dict[str, Any]] = {}
-        state = self.store.replay()
+        self._replayed_size = -1
+        self._replayed: Any = None
+        state = self._state()
         # Seeded by the run and by how far it got, so a resumed search does not replay the
         # same random choices as its first life.
         self.rng = random.Random(f"{cfg.search.seed}-{state.num_events}")
@@ -120,14 +122,14 @@ class Driver:
                 self.stop_reason = "max_wall_hours"
                 return True
         if s.max_gpu_hours is not None:
-            used = sum(c.gpu_hours for c in self.store.replay().candidates.values())
+            used = sum(c.gpu_hours for c in self._state().candidates.values())
             if used >= s.max_gpu_hours:
                 self.stop_reason = "max_gpu_hours"
                 return True
         return False
 
     def _complete(self) -> bool:
-        state = self.store.replay()
+        state = self._state()
         proposals = [c for c in state.candidates.values() if self._kind(c.id) == "proposal"]
         counted = sum(c.status in COUNTED for c in proposals)
         unfinished = [c for c in state.candidates.values()
@@ -136,6 +138,15 @@ class Driver:
         return counted >= self.cfg.search.max_candidates and not unfinished
 
     # ---- candidates ----------------------------------------------------------------------
+
+    def _state(self) -> Any:
+        """The journal's replay, recomputed only when the journal grew (it is append-only, so
+        its size identifies its content); the loop asks for it several times per pass."""
+        size = self.store.journal_path.stat().st_size
+        if size != self._replayed_size:
+            self._replayed = self.store.replay()
+            self._replayed_size = size
+        return self._replayed
 
     def _proposal(self, cid: str) -> dict[str, Any]:
         # proposal.json is written once, before the candidate is journaled as proposed, and
@@ -162,7 +173,7 @@ class Driver:
 
     def _recover_created(self) -> None:
         """Candidates whose creation a crash interrupted: keep them if their files exist."""
-        for c in self.store.replay().with_status("created"):
+        for c in self._state().with_status("created"):
             paths = self.store.candidate(c.id)
             if paths.mixer.exists() and paths.proposal.exists():
                 self.store.record("proposed", c.id)
@@ -171,7 +182,7 @@ class Driver:
                                   "was written")
 
     def _submit_baselines(self) -> None:
-        state = self.store.replay()
+        state = self._state()
         have = {(p.get("name"), p.get("seed")) for p in
                 (self._proposal(c) for c in state.candidates) if p.get("kind") == "baseline"}
         for seed in range(self.cfg.search.baseline_seeds):
@@ -189,7 +200,7 @@ class Driver:
                 self.store.record("checked", cid, passed=True, gates="baseline")
 
     def _submit_checked(self) -> bool:
-        state = self.store.replay()
+        state = self._state()
         ready = [c for c in state.with_status("checked", "lost")
                  if c.id not in self.launcher.active]
         if not ready:
@@ -213,12 +224,12 @@ class Driver:
         return True
 
     def _in_flight(self) -> int:
-        state = self.store.replay()
+        state = self._state()
         return sum(c.status in (*ACTIVE_STATUSES, "checked", "proposed")
                    for c in state.candidates.values())
 
     def _archive(self) -> list[ArchiveEntry]:
-        state = self.store.replay()
+        state = self._state()
         entries = []
         for c in state.candidates.values():
             prop = self._proposal(c.id)
@@ -243,7 +254,7 @@ class Driver:
         return spec
 
     def _propose_if_room(self) -> bool:
-        state = self.store.replay()
+        state = self._state()
         proposals = [c for c in state.candidates.values() if self._kind(c.id) == "proposal"]
         remaining = self.cfg.search.max_candidates - sum(c.status in COUNTED for c in proposals)
         room = self.cfg.search.max_in_flight - self._in_flight()
@@ -298,7 +309,7 @@ class Driver:
     # ---- results -------------------------------------------------------------------------
 
     def _reference(self) -> Reference | None:
-        state = self.store.replay()
+        state = self._state()
         ref = self.cfg.fitness.reference
         results = []
         pending = False
@@ -314,7 +325,7 @@ class Driver:
         return Reference.from_results(results, ref)
 
     def _score_finished(self) -> bool:
-        state = self.store.replay()
+        state = self._state()
         done = state.with_status("done")
         if not done:
             return False
@@ -333,7 +344,7 @@ class Driver:
     def _analyze_scored(self) -> bool:
         from evolve.analysis import analyze
 
-        state = self.store.replay()
+        state = self._state()
         scored = state.with_status("scored")
         if not scored:
             return False
