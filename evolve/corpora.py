@@ -381,19 +381,9 @@ def prepare_corpus(name: str, data_dir: str | Path | None = None, *,
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same folder, fsync and rename."""
+    """Write `data` to `path` atomically (evolve.fsio), creating the folder first; permissions
+    follow the umask, so data on a shared filesystem is readable by the group."""
+    from evolve.fsio import atomic_write_bytes
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        # mkstemp makes the file private; data on a shared filesystem is for the whole group.
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
