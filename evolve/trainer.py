@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from evolve.engine import make_engine, pick_device
+from evolve.fsio import atomic_write_text
 from evolve.model.lm import LanguageModel, count_params
 from evolve.train_config import RuntimeConfig, TrackConfig
 
@@ -156,9 +157,7 @@ class MetricsLog:
             if row.get("track") == track and row.get("step", -1) > step:
                 continue
             kept.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, row: dict[str, Any]) -> None:
         with open(self.path, "a") as fh:
