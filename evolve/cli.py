@@ -7,8 +7,10 @@
     evolve check FILE                                      # the gates, in a sandbox
     evolve report RUN / evolve doctor / evolve cognition list|search|add|show
     evolve llm serve --run RUN                             # the local llama.cpp model server
-    evolve config show [--preset tiny] [CONFIG]            # the resolved config, every key
-    evolve config validate CONFIG
+    evolve verify RUN ID [--seeds 3] [--preset explore]    # re-train, confirm or refute
+    evolve config show [RUN_FILE]                          # the resolved run config, every key
+    evolve config show --train [--preset tiny] [FILE]      # a training config
+    evolve config validate RUN_FILE
 
 Heavy imports (torch) happen inside the commands, so `evolve --help` and the read-only
 commands start fast on a login node.
@@ -58,10 +60,25 @@ def _add_read(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_config(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help="show or validate a configuration")
+    p = sub.add_parser("config", help="show or validate a run file (or a training config)")
     p.add_argument("action", choices=["show", "validate"])
-    p.add_argument("file", nargs="?", help="YAML training config (overrides the preset)")
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("file", nargs="?", help="run YAML (default: the embedded demo), or with "
+                   "--train a training config overriding --preset")
+    p.add_argument("--train", action="store_true",
+                   help="the file is a training config (as for `evolve train --config`)")
+    p.add_argument("--preset", default=None, help="with --train: tiny, explore or verify")
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="re-train a candidate with more seeds or at a larger "
+                       "preset, and say whether it is better than the reference")
+    p.add_argument("run", help="run folder")
+    p.add_argument("id", help="candidate id, e.g. c000042")
+    p.add_argument("--seeds", type=int, default=3, help="seeds in all (default 3)")
+    p.add_argument("--preset", default=None,
+                   help="train at this preset instead of the run's (explore, verify)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="only queue the request (a running driver picks it up)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -86,9 +103,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     from evolve.configio import dump_yaml
-    from evolve.presets import load_train_config
 
-    cfg = load_train_config(args.preset, args.file)
+    if args.train or args.preset:
+        from evolve.presets import load_train_config
+
+        cfg = load_train_config(args.preset or "tiny", args.file)
+    else:
+        from evolve.config import default_run_config, load_run_config
+
+        cfg = load_run_config(args.file) if args.file else default_run_config()
     if args.action == "show":
         print(dump_yaml(cfg), end="")
     else:
@@ -113,6 +136,65 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    import time
+
+    from evolve.config import run_config_from_dict
+    from evolve.driver import TRAINED, Driver
+    from evolve.fsio import atomic_write_json
+    from evolve.locks import LockTimeoutError
+    from evolve.presets import PRESETS
+    from evolve.store import Store
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds={args.seeds} must be >= 1")
+    if args.preset is not None and args.preset not in PRESETS:
+        raise ConfigError(f"--preset={args.preset!r} is not valid; choose one of: "
+                          f"{', '.join(PRESETS)}")
+    store = Store.open(args.run)
+    state = store.replay()
+    cand = state.candidates.get(args.id)
+    if cand is None or cand.status not in TRAINED:
+        trained = [c.id for c in state.candidates.values() if c.status in TRAINED]
+        what = "is not in this run" if cand is None else f"is {cand.status}, not trained"
+        print(f"evolve verify: {args.id} {what}; trained candidates: "
+              f"{', '.join(trained[-10:]) or 'none yet'}", file=sys.stderr)
+        return 2
+    folder = store.root / "requests"
+    folder.mkdir(exist_ok=True)
+    request = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.id}.json"
+    atomic_write_json(request, {"candidate": args.id, "seeds": args.seeds,
+                                "preset": args.preset})
+    lock = store.lock("driver", timeout_s=0)
+    try:
+        lock.acquire()
+        lock.release()
+    except LockTimeoutError:
+        print(f"evolve verify: queued {request.name}; the running driver picks it up")
+        return 0
+    if args.no_wait:
+        print(f"evolve verify: queued {request.name}; `evolve run` on the run file trains it")
+        return 0
+    cfg = run_config_from_dict(store.config(), source=str(store.run_yaml))
+    cfg.root, cfg.name = str(store.root.parent), store.root.name
+    Driver(cfg).run()
+    name = "confirmation.json" if args.preset is None else f"confirmation-{args.preset}.json"
+    from evolve.fsio import read_json
+
+    verdict = read_json(store.candidate(args.id).dir / name, None)
+    if verdict is None:
+        print(f"evolve verify: {args.id}: no verdict yet (the driver stopped early)",
+              file=sys.stderr)
+        return 1
+    f = verdict.get("fitness") or {}
+    word = "better than" if verdict["better"] else ("worse than" if verdict["worse"] else
+                                                    "not distinguishable from")
+    print(f"{args.id}: {word} {verdict['reference']} over {verdict['seeds']} seeds "
+          f"(fitness {f.get('mean', float('nan')):+.4f} ± {f.get('ci95', float('nan')):.4f}, "
+          f"95% interval; {verdict['reference_seeds']} reference seeds)")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from evolve.board import print_status
 
@@ -132,7 +214,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "status": cmd_status, "top": cmd_top, "show": cmd_show,
-            "train": cmd_train, "config": cmd_config}
+            "train": cmd_train, "config": cmd_config, "verify": cmd_verify}
 # Commands whose module parses its own arguments (argv after the command name).
 DELEGATED = {"check": ("evolve.checks", "main_check"), "report": ("evolve.report", "main_report"),
              "doctor": ("evolve.doctor", "main_doctor"),
@@ -160,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"see `evolve {name} --help`", add_help=False)
     _add_train(sub)
     _add_config(sub)
+    _add_verify(sub)
     return parser
 
 

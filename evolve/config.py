@@ -22,6 +22,7 @@ from evolve.cognition import CognitionConfig
 from evolve.configio import (ConfigError, check_keys, choice, deep_update, from_dict, positive,
                              read_yaml, to_dict)
 from evolve.executors import LaunchConfig
+from evolve.followup import PromoteConfig
 from evolve.llm.config import LLMConfig
 from evolve.mutate import MutatorConfig
 from evolve.novelty import NoveltyConfig
@@ -29,7 +30,8 @@ from evolve.presets import PRESETS, TrainConfig, preset
 from evolve.sampling import SamplingConfig
 from evolve.store import StoreConfig
 
-PROPOSERS = ("auto", "mutator", "llm")
+PROPOSERS = ("auto", "mutator", "llm", "random")
+ANALYZERS = ("auto", "llm", "rules")
 
 
 @dataclass(kw_only=True)
@@ -37,8 +39,15 @@ class SearchConfig:
     """How many candidates, how they are proposed, and when the run stops."""
 
     proposer: str = "auto"
-    """mutator (no model), llm (the configured model server), or auto (llm when an endpoint
-    is configured or reachable, else the mutator)."""
+    """mutator (no model), llm (the model server: llm.base_url, llm.endpoint_file, the run's
+    llm/endpoint.json, else the packaged local model), auto (llm when one of those answers,
+    else the mutator), or random (uniform samples of the design space: the control)."""
+    serve_local: bool = True
+    """With proposer llm or auto and no server configured, start the packaged llama.cpp model
+    (SmolLM2-135M, one thread) on the driver's node when it is installed."""
+    analyzer: str = "auto"
+    """Who analyses finished candidates: llm, rules (model-free), or auto (llm when a model
+    serves the run)."""
     max_candidates: int = 12
     """Stop proposing after this many proposals have been trained (baselines not counted)."""
     generation_size: int = 4
@@ -50,9 +59,17 @@ class SearchConfig:
     baseline_seeds: int = 1
     """Seeds per baseline (seed 0, 1, ...); fitness uses their mean and spread."""
     confirm_top: int = 0
-    """Re-train this many of the best candidates with more seeds before calling them better."""
+    """Noise-aware selection: the best this-many candidates whose one-seed fitness beats the
+    reference are re-trained with confirm_seeds seeds (and every baseline too); a candidate is
+    called better only when the 95% interval of its difference excludes zero."""
     confirm_seeds: int = 3
     """Seeds (including the first) a confirmed candidate is trained with."""
+    ablate_best: bool = False
+    """When the search is complete, revert each design choice of the best candidate that
+    differs from its nearest baseline, one at a time, and train each with confirm_seeds seeds
+    (the table is in ablation.json and the report)."""
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
+    """Re-training the best candidates at a larger preset when the search is complete."""
     max_repairs: int = 2
     """Engineer attempts on a candidate that fails a gate (llm proposer only)."""
     max_gpu_hours: float | None = None
@@ -67,6 +84,7 @@ class SearchConfig:
     def __post_init__(self) -> None:
         self.baselines = tuple(self.baselines)
         choice("proposer", self.proposer, PROPOSERS)
+        choice("analyzer", self.analyzer, ANALYZERS)
         for name in ("max_candidates", "generation_size", "max_in_flight", "baseline_seeds",
                      "confirm_seeds"):
             positive(name, getattr(self, name))

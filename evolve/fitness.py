@@ -31,6 +31,24 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return mean, t * statistics.stdev(values) / math.sqrt(len(values))
 
 
+def diff_ci(a: list[float], b: list[float]) -> tuple[float, float]:
+    """mean(a) - mean(b) and the half-width of its 95% interval (Welch: unequal variances,
+    Welch-Satterthwaite degrees of freedom); nan half-width unless both have two values."""
+    if not a or not b:
+        return math.nan, math.nan
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    if len(a) < 2 or len(b) < 2:
+        return diff, math.nan
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se2 = va + vb
+    if se2 == 0.0:
+        return diff, 0.0
+    df = se2 ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    k = max(1, min(len(T975), int(df)))  # round df down: the wider, safer interval
+    t = T975[k - 1] if df <= len(T975) else 1.96
+    return diff, t * math.sqrt(se2)
+
+
 @dataclass
 class Reference:
     """The reference baseline's mean metrics (and how many seeds they rest on)."""

@@ -225,7 +225,9 @@ class Store:
         if cls.is_run(root):
             store = cls(root, cfg, writer=True)
             old = store.config()
-            keys = config_diff(old, new)
+            # `root` is how the folder was spelled (relative to where the run was started), not
+            # part of the experiment: a resume from another directory names it differently.
+            keys = [k for k in config_diff(old, new) if k != "root"]
             if keys and not force:
                 raise ConfigMismatchError(
                     f"{store.run_yaml}: the config differs from the run's frozen config in "
