@@ -328,8 +328,17 @@ class Driver:
             code = self.store.candidate(e.id).mixer
             if code.exists():
                 novelty.add(e.id, source=code.read_text(), motivation=e.motivation, spec=e.spec)
+        # Designs by their digest with "the run's conv width" pinned, so that a spec naming the
+        # width and one leaving it to the run are seen as the same design.
+        designs = {e.spec.digest(): e.id for e in archive if e.spec is not None}
         made = 0
         for draft in drafts:
+            pinned = self._spec({"spec": draft.spec.to_dict()}) if draft.spec else None
+            same = designs.get(pinned.digest()) if pinned else None
+            if same is not None:
+                self.store.record("duplicate_rejected", nearest=same,
+                                  reason=f"the same design as {same}")
+                continue
             verdict = novelty.check(source=draft.code, motivation=draft.motivation, spec=draft.spec)
             if verdict.kind == "duplicate_code":
                 self.store.record("duplicate_rejected", nearest=verdict.nearest_id,
@@ -338,6 +347,8 @@ class Driver:
             cid = self._new_candidate(draft.code, self._draft_record(draft, verdict), generation,
                                       records=draft.records)
             novelty.add(cid, source=draft.code, motivation=draft.motivation, spec=draft.spec)
+            if pinned is not None:
+                designs[pinned.digest()] = cid
             self._gate(cid)
             made += 1
         return made > 0
