@@ -106,6 +106,9 @@ class FitnessConfig:
     """Weight of (reference bpb - candidate bpb): lower bits per byte is better."""
     mqar_weight: float = 1.0
     """Weight of (candidate - reference) mean MQAR accuracy."""
+    mqar_pairs: int | None = None
+    """MQAR accuracy at this many key-value pairs (one of the evaluated counts, e.g. 16);
+    None: at the training pair count."""
     benchmark_weight: float = 0.0
     """Weight of (candidate - reference) lm-eval average (0 at tiny scale, where models sit at
     chance)."""

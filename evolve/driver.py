@@ -428,7 +428,8 @@ class Driver:
         done, pending = self._reference_ids(preset)
         if pending or not done:
             return None
-        return Reference.from_results(self._results_of(done), self.cfg.fitness.reference)
+        return Reference.from_results(self._results_of(done), self.cfg.fitness.reference,
+                                      self.cfg.fitness.mqar_pairs)
 
     def _score_finished(self) -> bool:
         state = self._state()

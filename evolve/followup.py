@@ -73,7 +73,7 @@ def confirm(cand_results: list[Mapping[str, Any]], ref_results: list[Mapping[str
     on the positive side."""
     ok_c = [r for r in cand_results if r.get("status") == "ok"]
     ok_r = [r for r in ref_results if r.get("status") == "ok"]
-    ref = Reference.from_results(ok_r, ref_name)
+    ref = Reference.from_results(ok_r, ref_name, getattr(cfg, "mqar_pairs", None))
     c, b = _values(ok_c, ref, cfg), _values(ok_r, ref, cfg)
     out: dict[str, Any] = {"seeds": len(ok_c), "reference_seeds": len(ok_r),
                            "reference": ref_name}
@@ -122,7 +122,7 @@ def ablation_table(full: list[Mapping[str, Any]], variants: Mapping[str, list[Ma
     """One row per reverted field: the variant's fitness and what reverting it cost (full
     minus variant, with its interval: positive means the field's change helped)."""
     ok_r = [r for r in ref_results if r.get("status") == "ok"]
-    ref = Reference.from_results(ok_r, ref_name)
+    ref = Reference.from_results(ok_r, ref_name, getattr(cfg, "mqar_pairs", None))
     full_v = _values([r for r in full if r.get("status") == "ok"], ref, cfg)
     rows = []
     for name, results in variants.items():

@@ -152,3 +152,17 @@ def test_verify_command_and_promotion(tmp_path: Path) -> None:
                           "c999999"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "c999999" in bad.stderr
     check_invariants(cfg.run_dir, min_proposals=1)
+
+
+def test_fitness_at_a_harder_pair_count() -> None:
+    from evolve.fitness import Reference, fitness
+
+    def res(acc8: float, acc16: float) -> dict:
+        return {"status": "ok", "metrics": {"bpb": 2.7, "mqar_acc": acc8,
+                                            "mqar_acc_by_pairs": {"8": acc8, "16": acc16}}}
+
+    cfg = FitnessConfig(mqar_pairs=16, bpb_weight=0.0)
+    ref = Reference.from_results([res(1.0, 0.6)], "deltanet", 16)
+    assert fitness(res(1.0, 0.9), ref, cfg)["delta_mqar"] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="evaluated at 8, 16 pairs.*eval_num_kv_pairs"):
+        fitness(res(1.0, 0.9), ref, FitnessConfig(mqar_pairs=32))
