@@ -77,6 +77,9 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds in all (default 3)")
     p.add_argument("--preset", default=None,
                    help="train at this preset instead of the run's (explore, verify)")
+    p.add_argument("--ablate", action="store_true",
+                   help="also revert each of its design choices to its nearest baseline, one "
+                        "at a time, with the same seeds (ablation.json; one per run)")
     p.add_argument("--no-wait", action="store_true",
                    help="only queue the request (a running driver picks it up)")
 
@@ -164,7 +167,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     folder.mkdir(exist_ok=True)
     request = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.id}.json"
     atomic_write_json(request, {"candidate": args.id, "seeds": args.seeds,
-                                "preset": args.preset})
+                                "preset": args.preset, "ablate": args.ablate})
     lock = store.lock("driver", timeout_s=0)
     try:
         lock.acquire()
@@ -192,6 +195,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(f"{args.id}: {word} {verdict['reference']} over {verdict['seeds']} seeds "
           f"(fitness {f.get('mean', float('nan')):+.4f} ± {f.get('ci95', float('nan')):.4f}, "
           f"95% interval; {verdict['reference_seeds']} reference seeds)")
+    ablation = read_json(store.root / "ablation.json", None)
+    if args.ablate and ablation and ablation.get("table"):
+        for row in ablation["table"]:
+            c = row.get("contribution_fitness") or {}
+            print(f"  without its {row['field']} change: fitness "
+                  f"{(row.get('fitness') or {}).get('mean', float('nan')):+.4f}; the change "
+                  f"contributes {c.get('mean', float('nan')):+.4f} ± {c.get('ci95', float('nan')):.4f}")
     return 0
 
 

@@ -691,11 +691,13 @@ class Driver:
         return made
 
     def _ablate(self) -> bool:
-        if not self.cfg.search.ablate_best:
+        requested = (self.cfg.run_dir / "ablation.json").exists()  # `evolve verify --ablate`
+        if not (self.cfg.search.ablate_best or requested):
             return False
         # The target is chosen once (ablation.json keeps it): more seeds of another candidate
         # must not start a second ablation.
-        best = (read_json(self.cfg.run_dir / "ablation.json", None) or {}).get("candidate") or \
+        pinned = read_json(self.cfg.run_dir / "ablation.json", None) or {}
+        best = pinned.get("candidate") or \
             next((cid for cid in self._best() if self._spec(self._proposal(cid))), None)
         if best is None:
             return False
@@ -703,7 +705,7 @@ class Driver:
         baselines = {n: self._spec({"spec": BASELINE_SPECS[n].to_dict()})
                      for n in self.cfg.search.baselines}
         base_name, _ = nearest_baseline(spec, baselines)
-        seeds = max(self.cfg.search.confirm_seeds, 1)
+        seeds = int(pinned.get("seeds") or self.cfg.search.confirm_seeds)
         made = self._replicate(best, seeds, None, "ablation reference")
         have = self._derived()
         first = self._proposal(best).get("seed", self.cfg.search.seed)
@@ -725,10 +727,11 @@ class Driver:
                     generation=self._state().candidates[best].generation or 0)
                 self._gate(new)
                 made = True
-        self._write_ablation(best, base_name, plan)
+        self._write_ablation(best, base_name, plan, seeds)
         return made
 
-    def _write_ablation(self, best: str, base_name: str, plan: list[dict[str, Any]]) -> None:
+    def _write_ablation(self, best: str, base_name: str, plan: list[dict[str, Any]],
+                        seeds: int) -> None:
         """ablation.json: the plan, and the table once every training of it has finished."""
         state = self._state()
         by_field: dict[str, list[str]] = {}
@@ -737,8 +740,8 @@ class Driver:
                 by_field.setdefault(key[2], []).append(cid)
         members = [m for ms in by_field.values() for m in ms] + self._group(best)
         finished = all(state.candidates[m].status not in UNFINISHED for m in members)
-        out: dict[str, Any] = {"candidate": best, "baseline": base_name, "plan": plan,
-                               "complete": finished}
+        out: dict[str, Any] = {"candidate": best, "baseline": base_name, "seeds": seeds,
+                               "plan": plan, "complete": finished}
         if finished:
             ref_ids, _ = self._reference_ids()
             trained = lambda ids: [m for m in ids if state.candidates[m].status in TRAINED]
@@ -771,5 +774,14 @@ class Driver:
             preset = req.get("preset") or None
             made |= self._replicate(cid, int(req.get("seeds", 1)), preset,
                                     f"verify request {path.stem}")
+            ablation = self.cfg.run_dir / "ablation.json"
+            if req.get("ablate") and not ablation.exists():
+                if self._spec(self._proposal(cid)) is None:
+                    self.store.record("request_refused", cid, request=path.name,
+                                      error="ablation needs a spec (a code-mode file has none)")
+                else:
+                    self.store.write_json(ablation, {"candidate": cid, "plan": [],
+                                                     "seeds": int(req.get("seeds", 1)),
+                                                     "complete": False})
             path.rename(path.with_suffix(".done"))
         return made

@@ -142,12 +142,16 @@ def test_verify_command_and_promotion(tmp_path: Path) -> None:
     # `evolve verify RUN ID --seeds 2`: no driver runs, so the command runs it to completion.
     proposal = next(cid for cid, p in props.items() if p["kind"] == "proposal")
     out = subprocess.run([sys.executable, "-m", "evolve.cli", "verify", str(cfg.run_dir),
-                          proposal, "--seeds", "2"], capture_output=True, text=True,
+                          proposal, "--seeds", "2", "--ablate"], capture_output=True, text=True,
                          cwd=tmp_path, timeout=900)
     assert out.returncode == 0, out.stderr
     verdict = json.loads((store.candidate(proposal).dir / "confirmation.json").read_text())
     assert verdict["seeds"] == 2
     assert proposal in out.stdout
+    ablation = json.loads((cfg.run_dir / "ablation.json").read_text())
+    assert ablation["candidate"] == proposal and ablation["complete"]
+    assert len(ablation["table"]) == sum(1 for row in ablation["plan"] if not row["note"])
+    assert all(f"without its {row['field']} change" in out.stdout for row in ablation["table"])
     bad = subprocess.run([sys.executable, "-m", "evolve.cli", "verify", str(cfg.run_dir),
                           "c999999"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "c999999" in bad.stderr
