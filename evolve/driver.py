@@ -26,7 +26,8 @@ from evolve.checks import GATES, check_candidate, check_file, leakage_verdict
 from evolve.config import RunConfig
 from evolve.configio import to_dict
 from evolve.fitness import Reference, fitness
-from evolve.followup import ablation_table, ablation_variants, confirm, nearest_baseline
+from evolve.followup import (ablation_table, ablation_variants, confirm, nearest_baseline,
+                             versus)
 from evolve.fsio import read_json
 from evolve.journal import ACTIVE_STATUSES
 from evolve.launch import Launcher, SubmissionError
@@ -424,6 +425,13 @@ class Driver:
                     pending = True
         return done, pending
 
+    def _baseline_ids(self, name: str, preset: str | None) -> list[str]:
+        state = self._state()
+        return [c.id for c in state.candidates.values() if c.status in TRAINED
+                and self._proposal(c.id).get("kind") == "baseline"
+                and self._proposal(c.id).get("name") == name
+                and self._proposal(c.id).get("preset") == preset]
+
     def _reference(self, preset: str | None = None) -> Reference | None:
         done, pending = self._reference_ids(preset)
         if pending or not done:
@@ -650,6 +658,14 @@ class Driver:
                               self.cfg.fitness, self.cfg.fitness.reference)
             verdict.update(candidate=cid, preset=preset, members=members,
                            failed=len(members) - len(trained))
+            # Against every other baseline trained with several seeds at this preset.
+            verdict["versus"] = {}
+            for name in self.cfg.search.baselines:
+                other = self._baseline_ids(name, preset)
+                if name != self.cfg.fitness.reference and len(other) > 1:
+                    verdict["versus"][name] = versus(
+                        self._results_of(trained), self._results_of(other),
+                        self._results_of(ref_ids), self.cfg.fitness, self.cfg.fitness.reference)
             folder = self.store.candidate(cid).dir
             name = "confirmation.json" if preset is None else f"confirmation-{preset}.json"
             self.store.write_json(folder / name, verdict)

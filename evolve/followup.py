@@ -87,6 +87,26 @@ def confirm(cand_results: list[Mapping[str, Any]], ref_results: list[Mapping[str
     return out
 
 
+def versus(cand_results: list[Mapping[str, Any]], other_results: list[Mapping[str, Any]],
+           ref_results: list[Mapping[str, Any]], cfg: Any,
+           ref_name: str = "reference") -> dict[str, Any]:
+    """The candidate against another baseline (e.g. Gated DeltaNet when the reference is
+    DeltaNet): each term's difference with its 95% interval, both sides scored against the
+    reference's mean."""
+    ref = Reference.from_results([r for r in ref_results if r.get("status") == "ok"], ref_name,
+                                 getattr(cfg, "mqar_pairs", None))
+    c = _values([r for r in cand_results if r.get("status") == "ok"], ref, cfg)
+    o = _values([r for r in other_results if r.get("status") == "ok"], ref, cfg)
+    out: dict[str, Any] = {"seeds": len(o[TERMS[0]])}
+    for t in TERMS:
+        if c[t] and o[t]:
+            mean, half = diff_ci(c[t], o[t])
+            out[t] = {"mean": mean, "ci95": half}
+    f = out.get("fitness")
+    out["better"] = bool(f and not math.isnan(f["ci95"]) and f["mean"] - f["ci95"] > 0)
+    return out
+
+
 def differing_fields(a: MixerSpec, b: MixerSpec) -> list[str]:
     return [f for f in FIELDS if getattr(a, f) != getattr(b, f)]
 

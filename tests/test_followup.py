@@ -170,3 +170,14 @@ def test_fitness_at_a_harder_pair_count() -> None:
     assert fitness(res(1.0, 0.9), ref, cfg)["delta_mqar"] == pytest.approx(0.3)
     with pytest.raises(ValueError, match="evaluated at 8, 16 pairs.*eval_num_kv_pairs"):
         fitness(res(1.0, 0.9), ref, FitnessConfig(mqar_pairs=32))
+
+
+def test_versus_another_baseline() -> None:
+    from evolve.followup import versus
+
+    ref = [ok(2.70, 0.9), ok(2.72, 0.9)]
+    gdn = [ok(2.62, 0.9), ok(2.63, 0.9), ok(2.64, 0.9)]
+    cand = [ok(2.50, 0.9), ok(2.51, 0.9), ok(2.52, 0.9)]
+    out = versus(cand, gdn, ref, FitnessConfig())
+    assert out["fitness"]["mean"] == pytest.approx(0.12) and out["better"]
+    assert not versus(gdn, gdn, ref, FitnessConfig())["better"]
