@@ -7,10 +7,13 @@
 The page holds: best fitness against candidates and against GPU-hours (wall hours when the run
 recorded none, e.g. the local executor on CPU), the lineage tree, bits per byte against
 throughput with its Pareto front, the training curves of the top candidates against the
-baselines, failures by gate, the leaderboard, the lessons with links to their evidence, and one
-section per candidate (its anchor is its id). Images are referenced by relative paths and the
-CSS is inline, so the folder can be copied anywhere. Every text taken from the run (motivations
-and lessons are model-written) is escaped. The run is only read, never locked.
+baselines, failures by gate, the leaderboard (with each confirmed candidate's mean ± 95%
+interval over its seeds and its verdict), the confirmations and promotions, the ablation of the
+best candidate (its table and a bar chart of each change's contribution), the lessons with
+links to their evidence, and one section per candidate (its anchor is its id). Images are
+referenced by relative paths and the CSS is inline, so the folder can be copied anywhere.
+Every text taken from the run (motivations and lessons are model-written) is escaped. The run
+is only read, never locked.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from evolve.board import leaderboard, status
+from evolve.board import (confirmations, fmt_ci, leaderboard, llm_calls, status, term,
+                          verdict_word)
 from evolve.fsio import StateError, atomic_write_bytes, atomic_write_text, read_json
 from evolve.store import Store
 
@@ -56,6 +60,10 @@ class Candidate:
     analysis: dict[str, Any] | None
     error: str | None
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    confirmations: dict[str | None, dict[str, Any]] = field(default_factory=dict)
+    """confirmation.json (key None) and confirmation-PRESET.json (key: the preset)."""
+    llm_calls: dict[str, int] = field(default_factory=dict)
+    """Stored model calls per role."""
 
     @property
     def label(self) -> str:
@@ -88,6 +96,8 @@ class RunData:
     """(stage, candidate id or '', reason) per gate rejection or failure event."""
     cognition: list[dict[str, Any]]
     """Lessons of the run's cognition base, and ideas that gathered evidence in it."""
+    ablation: dict[str, Any] | None = None
+    """RUN/ablation.json: the plan, and the table once its trainings finished."""
 
 
 def esc(value: Any) -> str:
@@ -137,10 +147,13 @@ def load_run(run: Path) -> tuple[RunData, list[Candidate]]:
             result=_read(paths.result), checks=_read(paths.checks),
             analysis=_read(paths.analysis),
             error=c.error or (err.get("reason") if isinstance(err, dict) else None),
-            curves=_curves(paths.metrics)))
+            curves=_curves(paths.metrics), confirmations=confirmations(store, c.id),
+            llm_calls=llm_calls(paths.dir)))
+    ablation = _read(run / "ablation.json")
     data = RunData(name=store.name, candidates={c.id: c for c in cands},
                    trained=_trained_order(store, cands), failures=_failures(store, cands),
-                   cognition=_cognition(store))
+                   cognition=_cognition(store),
+                   ablation=ablation if isinstance(ablation, dict) else None)
     return data, cands
 
 
@@ -380,6 +393,38 @@ def plot_failures(data: RunData, path: Path) -> bool:
     return _save(fig, path)
 
 
+def _ablation_rows(data: RunData) -> list[tuple[str, float, float]]:
+    """(field, contribution to fitness, its 95% half-width or 0) per ablation table row."""
+    out = []
+    for row in (data.ablation or {}).get("table") or []:
+        if not isinstance(row, dict):
+            continue
+        mean, half = term(row, "contribution_fitness")
+        if isinstance(mean, (int, float)):
+            out.append((str(row.get("field")), float(mean),
+                        float(half) if isinstance(half, (int, float)) else 0.0))
+    return out
+
+
+def plot_ablation(data: RunData, path: Path) -> bool:
+    """What each change of the ablated candidate contributes to its fitness (full design minus
+    the design with that change reverted), with 95% intervals."""
+    rows = _ablation_rows(data)
+    if not rows:
+        return False
+    fig, (ax,) = _figure(8, 0.45 * len(rows) + 1.4)
+    names = [r[0] for r in rows][::-1]
+    means = [r[1] for r in rows][::-1]
+    ax.barh(names, means, xerr=[r[2] for r in rows][::-1], capsize=4,
+            color=["#31a354" if m > 0 else "#d62728" for m in means])
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_xlabel("contribution to fitness (full design minus the reverted one), 95% interval")
+    ax.set_title(f"ablation of {(data.ablation or {}).get('candidate')} against "
+                 f"{(data.ablation or {}).get('baseline')}", fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)
+
+
 PLOTS: dict[str, tuple[str, Callable[[RunData, Path], bool]]] = {
     "progress": ("Best fitness so far", plot_progress),
     "lineage": ("Lineage", plot_lineage),
@@ -433,16 +478,48 @@ def _summary(run: Path) -> str:
             f"<tr><th>candidates</th><td>{s['candidates']} in {s['generations']} generations "
             f"({counts})</td></tr><tr><th>in flight</th><td>{s['in_flight']}</td></tr>"
             f"<tr><th>GPU-hours</th><td>{s['gpu_hours']}</td></tr>"
-            f"<tr><th>best proposal</th><td>{best_text}</td></tr></table>")
+            f"<tr><th>best proposal</th><td>{best_text}</td></tr>" + _summary_more(s)
+            + "</table>")
+
+
+def _summary_more(s: dict[str, Any]) -> str:
+    """Rows for follow-ups, confirmations and the model, when the run has any."""
+    rows = []
+    f = s.get("follow_ups") or {}
+    if any(sum(v.values()) for v in f.values()):
+        rows.append(("follow-up trainings", "; ".join(
+            f"{esc(k)}s: {v['in_flight']} in flight, {v['done']} done, {v['failed']} failed"
+            for k, v in f.items())))
+    c = s.get("confirmed") or {}
+    if c.get("candidates"):
+        rows.append(("confirmed", f"{c['candidates']} candidates: {c['better']} better than "
+                     f"the reference, {c['same']} not distinguishable, {c['worse']} worse"))
+    for preset, p in (s.get("promoted") or {}).items():
+        rows.append((f"promoted ({esc(preset)})", f"{p['candidates']} candidates: "
+                     f"{p['better']} better, {p['same']} not distinguishable, {p['worse']} worse"))
+    llm = s.get("llm") or {}
+    if llm.get("source") or llm.get("calls") or llm.get("fallbacks"):
+        calls = ", ".join(f"{esc(k)} {v}" for k, v in llm["calls"].items()) or "none"
+        rows.append(("model", f"{esc(llm.get('source') or '-')}; stored calls: {calls}; "
+                     f"proposals by the model {llm['proposals']}, by the mutator in its place "
+                     f"{llm['fallbacks']}"))
+    if llm.get("analyzers"):
+        rows.append(("analyses", ", ".join(f"{esc(k)} {v}" for k, v in llm["analyzers"].items())))
+    return "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
 
 
 def _leaderboard(run: Path, ids: _Ids) -> str:
-    head = ("rank", "id", "kind", "what", "fitness", "bpb", "MQAR", "tokens/s", "parents", "gen")
+    head = ("rank", "id", "kind", "what", "fitness", "mean ± 95% CI", "seeds", "verdict",
+            "promotion", "bpb", "MQAR", "tokens/s", "parents", "gen")
     rows = []
     for i, r in enumerate(leaderboard(run), start=1):
+        promotion = ", ".join(f"{p}: {w}" for p, w in (r.get("verify") or {}).items()) or "-"
         rows.append(
             f"<tr><td class=num>{i}</td><td>{ids.text(r['id'])}</td><td>{esc(r['kind'])}</td>"
             f"<td>{ids.text(r['label'])}</td><td class=num>{_num(r['fitness'], '+.4f')}</td>"
+            f"<td class=num>{esc(fmt_ci(r.get('mean'), r.get('ci95')))}</td>"
+            f"<td class=num>{esc(r.get('seeds'))}</td><td>{esc(r.get('verdict'))}</td>"
+            f"<td>{esc(promotion)}</td>"
             f"<td class=num>{_num(r['bpb'], '.4f')}</td><td class=num>{_num(r['mqar'], '.3f')}</td>"
             f"<td class=num>{_num(r['tokens_per_s'], ',.0f')}</td>"
             f"<td>{ids.text(', '.join(r['parents']))}</td>"
@@ -451,6 +528,81 @@ def _leaderboard(run: Path, ids: _Ids) -> str:
         return "<p class=muted>No candidate has finished training yet.</p>"
     return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows)
             + "</table>")
+
+
+def _confirmation_section(cands: list[Candidate], ids: _Ids) -> str:
+    """Every confirmation and promotion: seeds, fitness mean ± 95% CI, verdict; '' if none."""
+    rows = []
+    for c in cands:
+        for preset, conf in sorted(c.confirmations.items(), key=lambda kv: kv[0] or ""):
+            fit, bpb = term(conf), term(conf, "delta_bpb")
+            failed = conf.get("failed") or 0
+            rows.append(
+                f"<tr><td>{ids.text(c.id)}</td><td>{ids.text(c.label)}</td>"
+                f"<td>{esc(preset or 'run')}</td>"
+                f"<td class=num>{esc(conf.get('seeds'))}"
+                + (f" ({esc(failed)} failed)" if failed else "") + "</td>"
+                f"<td class=num>{esc(conf.get('reference_seeds'))}</td>"
+                f"<td class=num>{esc(fmt_ci(*fit))}</td><td class=num>{esc(fmt_ci(*bpb))}</td>"
+                f"<td><b>{esc(verdict_word(conf))}</b></td>"
+                f"<td>{ids.text(', '.join(map(str, conf.get('members') or [])))}</td></tr>")
+    if not rows:
+        return ""
+    head = ("candidate", "what", "preset", "seeds", "reference seeds",
+            "fitness mean ± 95% CI", "bpb delta ± 95% CI", "verdict", "trainings")
+    return ("<h2>Confirmation</h2><p class=muted>Each candidate re-trained with more seeds (and "
+            "at a larger preset when promoted), against the reference baseline's seeds at the "
+            "same preset. better / worse: the 95% interval of the difference excludes zero; "
+            "=: it does not.</p><table><tr>" + "".join(f"<th>{h}</th>" for h in head)
+            + "</tr>" + "".join(rows) + "</table>")
+
+
+def _ablation_section(data: RunData, ids: _Ids, out: Path) -> str:
+    """ablation.json as a table (skipped fields with their note) and a bar chart; '' if none."""
+    abl = data.ablation
+    if not abl:
+        return ""
+    table = {str(r.get("field")): r for r in abl.get("table") or [] if isinstance(r, dict)}
+    rows = []
+    for p in abl.get("plan") or []:
+        if not isinstance(p, dict):
+            continue
+        name = str(p.get("field"))
+        change = f"{esc(str(p.get('from')))} &rarr; {esc(str(p.get('to')))}"
+        row = table.pop(name, None)
+        if p.get("note"):
+            cells = f"<td colspan=4 class=muted>skipped: {ids.text(p['note'])}</td>"
+        elif row is None:
+            cells = "<td colspan=4 class=muted>" + (
+                "no result" if abl.get("complete") else "training") + "</td>"
+        else:
+            cells = _ablation_cells(row)
+        rows.append(f"<tr><td>{esc(name)}</td><td>{change}</td>{cells}</tr>")
+    for name, row in table.items():  # a table row the plan does not name (hand-edited file)
+        rows.append(f"<tr><td>{esc(name)}</td><td>-</td>{_ablation_cells(row)}</tr>")
+    drawn = plot_ablation(data, out / "ablation.png")
+    state = "complete" if abl.get("complete") else "in progress: the table follows once every " \
+        "training of it has finished"
+    head = ("field", "change reverted (candidate &rarr; baseline)", "seeds",
+            "variant fitness ± 95% CI", "contribution to fitness ± 95% CI",
+            "contribution to bpb delta ± 95% CI")
+    base = abl.get("baseline") or "(not chosen yet)"
+    return (f"<h2>Ablation</h2><p>Each change of {ids.text(abl.get('candidate'))} relative to "
+            f"its nearest baseline {esc(base)}, reverted one at a time; the "
+            f"contribution is the full design's value minus the reverted one's (positive: the "
+            f"change helped). <span class=muted>{esc(state)}.</span></p><table><tr>"
+            + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
+            + ('<img src="ablation.png" alt="ablation: contribution of each change">'
+               if drawn else ""))
+
+
+def _ablation_cells(row: dict[str, Any]) -> str:
+    failed = row.get("failed") or 0
+    return (f"<td class=num>{esc(row.get('seeds'))}"
+            + (f" ({esc(failed)} failed)" if failed else "") + "</td>"
+            f"<td class=num>{esc(fmt_ci(*term(row)))}</td>"
+            f"<td class=num>{esc(fmt_ci(*term(row, 'contribution_fitness')))}</td>"
+            f"<td class=num>{esc(fmt_ci(*term(row, 'contribution_delta_bpb')))}</td>")
 
 
 def _failure_table(data: RunData, ids: _Ids) -> str:
@@ -510,6 +662,30 @@ def _candidate_html(c: Candidate, ids: _Ids) -> str:
             ("fitness", _num(c.fitness, "+.4f")),
             ("proposer", esc(c.proposal.get("proposer", "-"))),
             ("metrics", esc(", ".join(f"{k} {v:.4g}" for k, v in shown.items()) or "-"))]
+    p = c.proposal
+    if c.kind == "replica":
+        where = f" at preset {p['preset']}" if p.get("preset") else ""
+        rows.append(("re-trains", ids.text(f"{p.get('of')} with seed {p.get('seed')}{where}")))
+    elif c.kind == "ablation":
+        rows.append(("re-trains", ids.text(f"{p.get('of')} with its {p.get('revert')} change "
+                                           f"reverted (seed {p.get('seed')})")))
+    if str(p.get("proposer", "")).startswith("llm-"):
+        rows.append(("model", esc(f"{p.get('model') or '?'} "
+                                  f"(prompt {p.get('prompt_hash') or '-'})")))
+        if p.get("changes"):
+            rows.append(("changes", ids.text("; ".join(map(str, p["changes"])))))
+        if p.get("lessons_used"):
+            rows.append(("lessons used", esc(", ".join(map(str, p["lessons_used"])))))
+    if p.get("llm_error"):
+        rows.append(("model fallback", "the mutator filled the slot: "
+                     + ids.text(str(p["llm_error"])[:400])))
+    if c.llm_calls:
+        rows.append(("stored model calls", esc(", ".join(f"{k} {v}"
+                                                         for k, v in c.llm_calls.items()))))
+    for preset, conf in sorted(c.confirmations.items(), key=lambda kv: kv[0] or ""):
+        rows.append(("confirmation" if preset is None else f"verify ({esc(preset)})",
+                     f"<b>{esc(verdict_word(conf))}</b>: fitness {esc(fmt_ci(*term(conf)))} "
+                     f"over {esc(conf.get('seeds'))} seeds"))
     if c.checks:
         verdict = "passed" if c.checks.get("passed") else f"failed at {c.checks.get('failed_gate')}"
         rows.append(("checks", esc(verdict)))
@@ -546,6 +722,7 @@ def write_report(run: Path, out: Path) -> Path:
         f"</title><style>{CSS}</style></head><body><h1>evolve report: {esc(data.name)}</h1>"
         f"<p class=muted>{esc(run.absolute())}, generated {esc(generated)}</p>"
         + _summary(run) + "<h2>Leaderboard</h2>" + _leaderboard(run, ids)
+        + _confirmation_section(cands, ids) + _ablation_section(data, ids, out)
         + "".join(figures) + "<h2>Lessons</h2>" + _lessons(cands, data.cognition, ids)
         + "<h2>Candidates</h2>" + "".join(_candidate_html(c, ids) for c in reversed(cands))
         + "</body></html>\n")
