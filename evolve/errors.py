@@ -16,6 +16,6 @@ def user_message(exc: BaseException) -> str | None:
 
     if isinstance(exc, (StateError, LockTimeoutError)):
         return str(exc)
-    if type(exc).__name__ in ("Interrupted", "EvalDataError"):
+    if type(exc).__name__ in ("Interrupted", "EvalDataError", "NoModel"):
         return str(exc)
     return None

@@ -88,3 +88,15 @@ def test_search_with_the_local_model_proposing_and_analysing(tmp_path: Path) -> 
             assert analysis["llm_error"]
     # The server the driver started is gone with it.
     assert driver.agents is not None and driver.agents.server is None
+
+
+def test_the_command_line_names_the_missing_model(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = config(tmp_path, proposer="llm", serve_local=False)
+    out = subprocess.run([sys.executable, "-m", "evolve.cli", "run", str(path)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "search.proposer=llm but no model server answers" in out.stderr
+    assert "Traceback" not in out.stderr
