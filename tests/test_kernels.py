@@ -58,6 +58,7 @@ def test_chunk_matches_naive_bfloat16(op):
         ("gated_delta_rule", {"chunk_size": 16}),
         ("gla", {"chunk_size": 16, "sub_chunk_size": 4}),
         ("gla", {"chunk_size": 8, "sub_chunk_size": 8}),
+        ("gla", {"chunk_size": 32, "sub_chunk_size": 8}),  # the previous default
     ],
 )
 def test_other_chunk_sizes(op, kwargs):
@@ -80,6 +81,83 @@ def test_short_conv_state_when_shorter_than_window():
     _, state = impls("short_conv")[1](**inputs, output_final_state=True)
     torch.testing.assert_close(state[..., :2], inputs["initial_state"][..., 2:])
     torch.testing.assert_close(state[..., 2:], inputs["x"].transpose(1, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_state", [False, True], ids=["no-h0", "h0"])
+@pytest.mark.parametrize("activation", ["silu", None])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("T, W", [(37, 4), (2, 4), (1, 5), (6, 1), (9, 2)])
+def test_short_conv_matches_previous_conv1d_form(T, W, bias, activation, with_state, dtype):
+    # the shifted-product form with its own backward against the grouped conv1d form it
+    # replaced: outputs, final states and every gradient
+    from evolve.kernels.short_conv import chunk_short_conv, conv1d_short_conv
+
+    inputs = MAKERS["short_conv"](2, T, dtype, with_state=with_state, seed=T + W, W=W)
+    if not bias:
+        del inputs["bias"]
+    o_ref, s_ref, g_ref = run_with_grads(conv1d_short_conv, inputs, activation=activation)
+    o, s, g = run_with_grads(chunk_short_conv, inputs, activation=activation)
+    ratio, atol = (1e-6, 1e-6) if dtype == torch.float32 else (1e-2, 1e-2)
+    assert o.dtype == s.dtype == dtype
+    assert_close("y", o_ref, o, ratio, atol)
+    assert_close("state", s_ref, s, ratio, atol)
+    for name in inputs:
+        assert_close(f"d{name}", g_ref[name], g[name], ratio, atol)
+
+
+@pytest.mark.parametrize("T, with_state", [(7, True), (2, True), (7, False)])
+def test_short_conv_backward_gradcheck(T, with_state):
+    # the hand-written backward of the shifted-product form, in float64, silu and bias included
+    from evolve.kernels.short_conv.chunk import _ShiftedShortConv
+
+    gen = torch.Generator().manual_seed(T)
+    randn = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    x, w, b = randn(2, T, 3), randn(3, 4), randn(3)
+    h0 = randn(2, 3, 3).transpose(1, 2) if with_state else None  # [B, W - 1, D] view
+    args = [t.requires_grad_() if t is not None else None for t in (x, w, b, h0)]
+    for silu in (True, False):
+        assert torch.autograd.gradcheck(
+            lambda *a: _ShiftedShortConv.apply(*a, silu), tuple(args), eps=1e-6, atol=1e-8)
+
+
+def test_short_conv_grad_only_where_needed():
+    # inputs that need no gradient get none (the backward skips their work)
+    x = torch.randn(2, 9, 5, requires_grad=True)
+    w = torch.randn(5, 4)
+    y, _ = kernels.short_conv(x, w)
+    y.sum().backward()
+    assert x.grad is not None and w.grad is None
+
+
+def test_triangular_solve_reads_only_the_strict_lower_triangle():
+    # the delta rules pass beta K K^T unmasked to solve_triangular(upper=False,
+    # unitriangular=True): it must ignore the diagonal and the upper triangle, and give them
+    # no gradient, exactly as if the matrix were I + tril(A, -1)
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 6, 6, generator=gen, requires_grad=True)
+    rhs = torch.randn(3, 6, 5, generator=gen)
+    unit = A.tril(-1) + torch.eye(6)
+    x_full = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
+    x_unit = torch.linalg.solve_triangular(unit, rhs, upper=False, unitriangular=True)
+    torch.testing.assert_close(x_full, x_unit, rtol=0, atol=0)
+    (g_full,) = torch.autograd.grad(x_full.square().sum(), A)
+    (g_unit,) = torch.autograd.grad(x_unit.square().sum(), A)
+    torch.testing.assert_close(g_full, g_unit, rtol=0, atol=0)
+    assert (g_full.triu() == 0).all()
+
+
+def test_chunk_helpers():
+    from evolve.kernels.utils import causal_mask, matmul_add, to_chunks
+
+    x = torch.randn(2, 10, 3, 4)
+    chunks = to_chunks(x, 4)  # padded to 12 tokens: [B, H, N, C, D]
+    assert chunks.shape == (2, 3, 3, 4, 4) and chunks.is_contiguous()
+    torch.testing.assert_close(chunks[:, 1, 2, :2], x[:, 8:, 1])
+    assert (chunks[:, :, 2, 2:] == 0).all()
+    a, b, acc = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 4, 6), torch.randn(2, 3, 5, 6)
+    torch.testing.assert_close(matmul_add(acc, a, b), acc + a @ b)
+    torch.testing.assert_close(causal_mask(3, a), torch.ones(3, 3).tril())
 
 
 def test_state_carries_across_calls():

@@ -37,6 +37,35 @@ def test_baseline_is_causal(name: str) -> None:
         torch.testing.assert_close(mixer(x)[:, :30], mixer(x2)[:, :30])
 
 
+def test_swiglu_matches_one_projection_form() -> None:
+    # SwiGLU runs two matmuls on gate_up's row halves; the same as chunking one projection
+    import torch.nn.functional as F
+
+    from evolve.model.lm import SwiGLU
+
+    torch.manual_seed(0)
+    mlp = SwiGLU(16, 24)
+    x = torch.randn(3, 7, 16, requires_grad=True)
+    gate, up = mlp.gate_up(x).chunk(2, dim=-1)
+    ref = mlp.down(F.silu(gate) * up)
+    cot = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, [x, *mlp.parameters()], cot)
+    out = mlp(x)
+    grads = torch.autograd.grad(out, [x, *mlp.parameters()], cot)
+    torch.testing.assert_close(out, ref)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want)
+
+
+def test_l2_norm_unit_length_and_dtype() -> None:
+    from evolve.kernels.modules import l2_norm
+
+    x = torch.randn(2, 5, 3, 8)
+    y = l2_norm(x)
+    torch.testing.assert_close(y, x / (x.square().sum(-1, keepdim=True) + 1e-6).sqrt())
+    assert l2_norm(x.bfloat16()).dtype == torch.bfloat16
+
+
 def test_language_model_shapes_and_tied_head() -> None:
     cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2)
     model = LanguageModel(cfg, load_mixer_class("deltanet"))

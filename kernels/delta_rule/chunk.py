@@ -12,7 +12,7 @@ the sequential part is one small matmul per chunk.
 import torch
 from einops import rearrange
 
-from ..utils import as_float, default_scale, pad_time
+from ..utils import as_float, causal_mask, default_scale, matmul_add, pad_time, to_chunks
 
 
 def chunk_delta_rule(
@@ -32,18 +32,19 @@ def chunk_delta_rule(
     scale = default_scale(scale, K)
     C = chunk_size
     q, k, v, beta, S = as_float(q, k, v, beta, initial_state)
-    q, k, v = (rearrange(pad_time(x, C), "b (n c) h d -> b h n c d", c=C) for x in (q, k, v))
+    # one contiguous [B, H, N, C, D] copy each: every matmul below would otherwise copy the
+    # permuted view again, in the forward and in the backward
+    q, k, v = (to_chunks(x, C) for x in (q, k, v))
     beta = rearrange(pad_time(beta, C), "b (n c) h -> b h n c", c=C)[..., None]  # [B, H, N, C, 1]
     q = q * scale
 
-    k_beta = k * beta
-    strict = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)
-    A = (k_beta @ k.transpose(-1, -2)).masked_fill(~strict, 0)  # [B, H, N, C, C]
-    A = A + torch.eye(C, dtype=A.dtype, device=A.device)
-    # one solve for both right-hand sides: [T beta K | T beta V]
-    wu = torch.linalg.solve_triangular(
-        A, torch.cat([k_beta, v * beta], dim=-1), upper=False, unitriangular=True
-    )
+    # [beta K | beta V] in one tensor: the right-hand sides of the solve, and beta K for A
+    kv_beta = torch.cat([k, v], dim=-1) * beta  # [B, H, N, C, K + V]
+    # A = beta K K^T. Only its strictly lower triangle is used: solve_triangular with
+    # upper=False, unitriangular=True reads nothing else (and its gradient is zero elsewhere),
+    # so the solve below is with I + tril(A, -1) without masking A or adding the identity.
+    A = kv_beta[..., :K] @ k.transpose(-1, -2)  # [B, H, N, C, C]
+    wu = torch.linalg.solve_triangular(A, kv_beta, upper=False, unitriangular=True)
     w, u = wu[..., :K], wu[..., K:]  # [B, H, N, C, K], [B, H, N, C, V]
 
     if S is None:
@@ -59,8 +60,7 @@ def chunk_delta_rule(
     S_in = torch.stack(states, dim=2)  # [B, H, N, K, V]
     u_new = torch.stack(u_new, dim=2)  # [B, H, N, C, V]
 
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    attn = (q @ k.transpose(-1, -2)).masked_fill(~causal, 0)  # [B, H, N, C, C]
-    o = q @ S_in + attn @ u_new
+    attn = (q @ k.transpose(-1, -2)) * causal_mask(C, q)  # [B, H, N, C, C]
+    o = matmul_add(q @ S_in, attn, u_new)  # q S_in + attn u_new
     o = rearrange(o, "b h n c d -> b (n c) h d")[:, :T]
     return o.to(dtype), (S if output_final_state else None)

@@ -11,7 +11,7 @@ number, so strong decays underflow to zero instead of overflowing.
 import torch
 from einops import rearrange
 
-from ..utils import as_float, default_scale, pad_time
+from ..utils import as_float, default_scale, matmul_add, pad_time, to_chunks
 
 
 def chunk_gated_delta_rule(
@@ -32,21 +32,26 @@ def chunk_gated_delta_rule(
     scale = default_scale(scale, K)
     C = chunk_size
     q, k, v, g, beta, S = as_float(q, k, v, g, beta, initial_state)
-    q, k, v = (rearrange(pad_time(x, C), "b (n c) h d -> b h n c d", c=C) for x in (q, k, v))
+    # one contiguous [B, H, N, C, D] copy each: every matmul below would otherwise copy the
+    # permuted view again, in the forward and in the backward
+    q, k, v = (to_chunks(x, C) for x in (q, k, v))
     beta, g = (rearrange(pad_time(x, C), "b (n c) h -> b h n c", c=C) for x in (beta, g))
     q = q * scale
     beta = beta[..., None]  # [B, H, N, C, 1]
 
     b = g.cumsum(-1)  # [B, H, N, C]
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    strict = causal.tril(-1)
-    # fill the upper triangle before exp: exp(b_t - b_s) for s > t may overflow, and an inf
-    # there would turn into NaN gradients even when masked afterwards
-    G = (b[..., :, None] - b[..., None, :]).masked_fill(~causal, float("-inf")).exp()  # [B,H,N,C,C]
+    # -inf above the diagonal before exp: exp(b_t - b_s) for s > t may overflow, and an inf
+    # there would turn into NaN gradients even when masked afterwards. Adding a 0 / -inf bias
+    # is one pass (masked_fill is a copy and a fill).
+    upper_inf = torch.zeros(C, C, dtype=b.dtype, device=b.device).masked_fill_(
+        torch.ones(C, C, dtype=torch.bool, device=b.device).triu(1), float("-inf"))
+    G = (b[..., :, None] - b[..., None, :] + upper_inf).exp()  # [B, H, N, C, C], 0 above diag
 
     k_beta = k * beta
-    A = (k_beta @ k.transpose(-1, -2) * G).masked_fill(~strict, 0)  # [B, H, N, C, C]
-    A = A + torch.eye(C, dtype=A.dtype, device=A.device)
+    # A = beta K K^T * G. Only its strictly lower triangle is used: solve_triangular with
+    # upper=False, unitriangular=True reads nothing else (and its gradient is zero elsewhere),
+    # so the solve below is with I + tril(A, -1) without masking A or adding the identity.
+    A = k_beta @ k.transpose(-1, -2) * G  # [B, H, N, C, C]
     gamma = b.exp()[..., None]  # [B, H, N, C, 1]
     wu = torch.linalg.solve_triangular(
         A, torch.cat([k_beta * gamma, v * beta], dim=-1), upper=False, unitriangular=True
@@ -70,6 +75,6 @@ def chunk_gated_delta_rule(
     u_new = torch.stack(u_new, dim=2)  # [B, H, N, C, V]
 
     attn = q @ k.transpose(-1, -2) * G  # G is zero above the diagonal
-    o = (q * gamma) @ S_in + attn @ u_new
+    o = matmul_add(attn @ u_new, q * gamma, S_in)  # attn u_new + (q gamma) S_in
     o = rearrange(o, "b h n c d -> b (n c) h d")[:, :T]
     return o.to(dtype), (S if output_final_state else None)

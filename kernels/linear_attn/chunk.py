@@ -3,7 +3,7 @@
 import torch
 from einops import rearrange
 
-from ..utils import as_float, default_scale, pad_time
+from ..utils import as_float, causal_mask, default_scale, matmul_add, to_chunks
 
 
 def chunk_linear_attn(
@@ -25,7 +25,9 @@ def chunk_linear_attn(
     scale = default_scale(scale, K)
     C = chunk_size
     q, k, v, h0 = as_float(q, k, v, initial_state)
-    q, k, v = (rearrange(pad_time(x, C), "b (n c) h d -> b h n c d", c=C) for x in (q, k, v))
+    # one contiguous [B, H, N, C, D] copy each: every matmul below would otherwise copy the
+    # permuted view again, in the forward and in the backward
+    q, k, v = (to_chunks(x, C) for x in (q, k, v))
     q = q * scale
 
     kv = k.transpose(-1, -2) @ v  # [B, H, N, K, V]
@@ -36,8 +38,7 @@ def chunk_linear_attn(
     first = h0[:, :, None] if h0 is not None else torch.zeros_like(kv[:, :, :1])
     S_in = torch.cat([first, S[:, :, :-1]], dim=2)  # [B, H, N, K, V]
 
-    mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    attn = (q @ k.transpose(-1, -2)).masked_fill(~mask, 0)  # [B, H, N, C, C]
-    o = q @ S_in + attn @ v  # [B, H, N, C, V]
+    attn = (q @ k.transpose(-1, -2)) * causal_mask(C, q)  # [B, H, N, C, C]
+    o = matmul_add(q @ S_in, attn, v)  # q S_in + attn v: [B, H, N, C, V]
     o = rearrange(o, "b h n c d -> b (n c) h d")[:, :T]
     return o.to(dtype), (S[:, :, -1] if output_final_state else None)
