@@ -59,6 +59,7 @@ class Driver:
         self._proposals: dict[str, dict[str, Any]] = {}
         self._replayed_size = -1
         self._replayed: Any = None
+        self._followed_size = -1
         state = self._state()
         # Seeded by the run and by how far it got, so a resumed search does not replay the
         # same random choices as its first life.
@@ -555,12 +556,19 @@ class Driver:
     # ---- follow-ups: confirmation, promotion, ablation ------------------------------------
 
     def _follow_up(self) -> bool:
-        made = self._confirm_claims()
+        made = self._take_requests()
+        # Everything else depends on the journal alone: while it has not grown since the last
+        # look, there is nothing to do (this keeps idle polls cheap in a large archive).
+        size = self.store.journal_path.stat().st_size
+        if size == self._followed_size and not made:
+            return False
+        made |= self._confirm_claims()
         made |= self._settle_confirmations()
-        made |= self._take_requests()
         if self._search_done():
             made |= self._promote()
             made |= self._ablate()
+        if not made:
+            self._followed_size = size
         return made
 
     def _derived(self) -> dict[tuple[Any, ...], str]:

@@ -146,7 +146,8 @@ def instrument(driver: Any, phases: Phases) -> Callable[[], None]:
             (driver, "_propose_if_room", "archive + novelty"), (driver, "_gate", GATES),
             (driver.proposer, "propose", "propose (mutator)"),
             (driver, "_submit_checked", "submit"), (driver, "_should_stop", "stop checks"),
-            (driver, "_complete", "stop checks"), (driver, "step", "step (rest)")):
+            (driver, "_complete", "stop checks"), (driver, "_follow_up", "follow-ups"),
+            (driver, "step", "step (rest)")):
         phases.wrap(obj, attr, phase)
 
     def restore() -> None:
