@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from evolve.fitness import mean_ci
+from evolve.fitness import diff_ci, mean_ci
 
 BASELINES = ("softmax", "gated_deltanet", "deltanet", "gla", "linear_attention")
 SOLVED = 0.9
@@ -90,6 +90,46 @@ def summarize(results: dict[str, list[dict[str, Any]]], train_pairs: str) -> dic
     return table
 
 
+CLAIMS = (
+    # (name, better mixer, worse mixer, metric, sign): sign +1 when higher is better.
+    ("DeltaNet beats linear attention on MQAR@8", "deltanet", "linear_attention", "mqar@8", 1),
+    ("DeltaNet beats linear attention on bits per byte", "deltanet", "linear_attention", "bpb", -1),
+    ("Gated DeltaNet at least as good as DeltaNet on bits per byte", "gated_deltanet",
+     "deltanet", "bpb", -1),
+    ("Gated DeltaNet at least as good as DeltaNet on MQAR@8", "gated_deltanet", "deltanet",
+     "mqar@8", 1),
+    ("GLA beats linear attention on MQAR@8", "gla", "linear_attention", "mqar@8", 1),
+)
+
+
+def values(row: dict[str, Any], metric: str) -> list[float]:
+    if metric == "bpb":
+        return (row.get("bpb") or {}).get("values", [])
+    return (row.get("mqar", {}).get(metric.split("@")[1]) or {}).get("values", [])
+
+
+def orderings(table: dict[str, Any]) -> list[dict[str, Any]]:
+    """The published orderings, each as a difference with its 95% interval (Welch): 'holds'
+    when the interval lies on the claimed side of zero; 'at least as good' claims hold unless
+    the interval lies wholly on the wrong side."""
+    out = []
+    for name, a, b, metric, sign in CLAIMS:
+        if a not in table or b not in table:
+            continue
+        va, vb = values(table[a], metric), values(table[b], metric)
+        if not va or not vb:
+            continue
+        diff, half = diff_ci([sign * v for v in va], [sign * v for v in vb])
+        if "at least as good" in name:
+            verdict = "holds" if not diff + half < 0 else "fails"
+        else:
+            verdict = "holds" if diff - half > 0 else ("fails" if diff + half < 0 else
+                                                       "not resolved")
+        out.append({"claim": name, "metric": metric, "difference": diff, "ci95": half,
+                    "seeds": [len(va), len(vb)], "verdict": verdict})
+    return out
+
+
 def fmt(stat: dict[str, Any] | None, digits: int = 3) -> str:
     if not stat:
         return "-"
@@ -136,10 +176,16 @@ def main() -> int:
     table = summarize(results, args.train_pairs)
     pairs = sorted({p for row in table.values() for p in row.get("mqar", {})}, key=int)
     text = markdown(table, pairs)
+    claims = orderings(table)
+    text += "\n| published ordering | difference (better is +) | 95% CI | seeds | verdict |\n"
+    text += "|---|---|---|---|---|\n"
+    for c in claims:
+        text += (f"| {c['claim']} | {c['difference']:+.3f} | ± {c['ci95']:.3f} | "
+                 f"{c['seeds'][0]}, {c['seeds'][1]} | {c['verdict']} |\n")
     print(text)
     summary = {"preset": args.preset, "config": args.config, "seeds": list(seeds),
                "workers": args.workers, "threads": args.threads, "wall_s": time.time() - t0,
-               "solved_threshold": SOLVED, "table": table}
+               "solved_threshold": SOLVED, "table": table, "orderings": claims}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(text)
     print(f"wrote {out / 'summary.json'} and {out / 'summary.md'} in {time.time() - t0:.0f} s")
