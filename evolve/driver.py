@@ -656,11 +656,16 @@ class Driver:
             if any(st in UNFINISHED for st in statuses):
                 continue
             trained = [m for m in members if state.candidates[m].status in TRAINED]
-            prev = done.get((cid, preset))
-            if prev is not None and prev.get("seeds") == len(trained):
-                continue
             ref_ids, pending = self._reference_ids(preset)
             if pending or not ref_ids:
+                continue
+            # The trainings the verdict rests on: a later seed of any side (e.g. of a baseline
+            # it is compared with) makes a new verdict.
+            others = {name: self._baseline_ids(name, preset) for name in self.cfg.search.baselines
+                      if name != self.cfg.fitness.reference}
+            basis = len(trained) + len(ref_ids) + sum(len(ids) for ids in others.values())
+            prev = done.get((cid, preset))
+            if prev is not None and prev.get("basis", prev.get("seeds")) == basis:
                 continue
             verdict = confirm(self._results_of(trained), self._results_of(ref_ids),
                               self.cfg.fitness, self.cfg.fitness.reference)
@@ -668,9 +673,8 @@ class Driver:
                            failed=len(members) - len(trained))
             # Against every other baseline trained with several seeds at this preset.
             verdict["versus"] = {}
-            for name in self.cfg.search.baselines:
-                other = self._baseline_ids(name, preset)
-                if name != self.cfg.fitness.reference and len(other) > 1:
+            for name, other in others.items():
+                if len(other) > 1:
                     verdict["versus"][name] = versus(
                         self._results_of(trained), self._results_of(other),
                         self._results_of(ref_ids), self.cfg.fitness, self.cfg.fitness.reference)
@@ -679,6 +683,7 @@ class Driver:
             self.store.write_json(folder / name, verdict)
             f = verdict.get("fitness", {})
             self.store.record("confirmed", cid, preset=preset, better=verdict["better"],
+                              basis=basis,
                               seeds=verdict["seeds"], mean=f.get("mean"), ci95=f.get("ci95"))
             made = True
         return made
