@@ -19,7 +19,6 @@ column divides minima, the steadier figure on a CPU shared with other work.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 import evolve.kernels as kernels
+from evolve.fsio import atomic_write_json
 from evolve.kernels import dispatch
 
 OPS = ("linear_attn", "delta_rule", "gated_delta_rule", "gla", "short_conv")
@@ -254,9 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "rows": [asdict(r) for r in rows],
     }
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write_json(args.out, result)  # a reader never sees half a file
     print(f"wrote {args.out}")
     return 0
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from evolve.fsio import atomic_write_json
 from evolve.model.render import render
 from evolve.model.space import BASELINE_SPECS
 from evolve.mutate import MutatorConfig, propose
@@ -101,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
               "goal_seconds": goal_time, "goal_met": goal_met, "python": sys.version.split()[0]}
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)  # atomic: a reader never sees half a file
+    atomic_write_json(args.out, result)  # a reader never sees half a file
     return 0 if goal_met else 1
 
 

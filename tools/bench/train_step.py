@@ -34,6 +34,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
+from evolve.fsio import atomic_write_json
+
 ROOT = Path(__file__).resolve().parents[2]
 # The last revision before the speed-up (1edc74f): the "old" side by default.
 DEFAULT_REF = "1edc74f"
@@ -336,9 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"ref": ref, "torch": torch.__version__, "threads": 1, "repeats": args.repeats,
               "warmup": args.warmup, "load_avg": os.getloadavg(), "pieces": pieces,
               "steps": steps}
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write_json(args.out, result)  # a reader never sees half a file
     print(f"wrote {args.out}")
     return 0
 
