@@ -208,10 +208,6 @@ class LLMProposer:
                 hits = self.cognition.search(f"{parent.get('description', '')} "
                                              f"{parent.get('motivation', '')}")
                 self.cognition.note_use(h.entry.id for h in hits)
-            for d in drafts:
-                if d.spec is not None:
-                    tried[d.spec.digest()] = "an earlier proposal of this generation"
-                tried[code_hash(d.code)] = "an earlier proposal of this generation"
             if self.mode == "code":
                 tried.update({code_hash(str(c["code"])): c["id"] for c in (parent, *others)
                               if c.get("code")})
@@ -221,17 +217,21 @@ class LLMProposer:
             info = result.proposal_json()
             info["lessons_used"] = [h.entry.id for h in hits]
             if result.ok:
-                drafts.append(Draft(code=result.code, motivation=result.motivation,
-                                    parents=[parent["id"]], proposer=self.name, spec=result.spec,
-                                    extra={k: v for k, v in info.items() if k not in
-                                           ("motivation", "parents", "proposer", "spec")},
-                                    records=result.records))
-                continue
-            log.warning("researcher gave no usable proposal (%s); the mutator fills the slot",
-                        result.error)
-            extra = self.fallback.propose(archive, 1, generation)
-            for draft in extra:
-                draft.extra.update(llm_error=result.error, llm_attempts=result.attempts)
-                draft.records = result.records
-            drafts.extend(extra)
+                new = [Draft(code=result.code, motivation=result.motivation,
+                             parents=[parent["id"]], proposer=self.name, spec=result.spec,
+                             extra={k: v for k, v in info.items() if k not in
+                                    ("motivation", "parents", "proposer", "spec")},
+                             records=result.records)]
+            else:
+                log.warning("researcher gave no usable proposal (%s); the mutator fills the "
+                            "slot", result.error)
+                new = self.fallback.propose(archive, 1, generation)
+                for draft in new:
+                    draft.extra.update(llm_error=result.error, llm_attempts=result.attempts)
+                    draft.records = result.records
+            for draft in new:  # the later slots of this generation must not repeat it
+                if draft.spec is not None:
+                    tried[draft.spec.digest()] = "an earlier proposal of this generation"
+                tried[code_hash(draft.code)] = "an earlier proposal of this generation"
+            drafts.extend(new)
         return drafts

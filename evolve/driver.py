@@ -410,15 +410,14 @@ class Driver:
     def _results_of(self, cids: list[str]) -> list[dict[str, Any]]:
         return [read_json(self.store.candidate(c).result, {}) or {} for c in cids]
 
-    def _reference_ids(self, preset: str | None = None) -> tuple[list[str], bool]:
-        """Trained candidates of the reference baseline at `preset`, and whether more of its
-        seeds are still to come."""
+    def _baseline_ids(self, name: str, preset: str | None) -> tuple[list[str], bool]:
+        """Trained candidates of baseline `name` at `preset`, and whether more of its seeds
+        are still to come."""
         state = self._state()
-        ref = self.cfg.fitness.reference
         done, pending = [], False
         for c in state.candidates.values():
             p = self._proposal(c.id)
-            if p.get("kind") == "baseline" and p.get("name") == ref \
+            if p.get("kind") == "baseline" and p.get("name") == name \
                     and p.get("preset") == preset:
                 if c.status in TRAINED:
                     done.append(c.id)
@@ -426,12 +425,8 @@ class Driver:
                     pending = True
         return done, pending
 
-    def _baseline_ids(self, name: str, preset: str | None) -> list[str]:
-        state = self._state()
-        return [c.id for c in state.candidates.values() if c.status in TRAINED
-                and self._proposal(c.id).get("kind") == "baseline"
-                and self._proposal(c.id).get("name") == name
-                and self._proposal(c.id).get("preset") == preset]
+    def _reference_ids(self, preset: str | None = None) -> tuple[list[str], bool]:
+        return self._baseline_ids(self.cfg.fitness.reference, preset)
 
     def _reference(self, preset: str | None = None) -> Reference | None:
         done, pending = self._reference_ids(preset)
@@ -522,21 +517,24 @@ class Driver:
         for c in scored:
             kind = self._kind(c.id)
             folder = self.store.candidate(c.id).dir
-            parents = [self.view(p) for p in c.parents if p in state.candidates]
-            report = None
             if kind != "proposal":
                 # Baselines, replicas, ablations: measurements, not ideas; no lessons.
                 report = {"analyzer": "none", "analysis": f"{kind}: measured, not analysed",
                           "lessons": []}
-            elif use_llm:
-                cand = {k: v for k, v in self.view(c.id).items() if k != "code"}
-                report = self.agents.analyze(
-                    cand, parents[0] if parents else None, [ref_view] if ref_view else [],
-                    self._cognition(), folder, run=self.store.name)
-            if report is None:
-                report = analyze(self.view(c.id), parents, ref_view, run=self.store.name)
+            else:
+                cand = self.view(c.id)
+                parents = [self.view(p) for p in c.parents if p in state.candidates]
+                report = None
                 if use_llm:
-                    report["llm_error"] = "the analyzer gave no usable answer (llm/ has the calls)"
+                    report = self.agents.analyze(
+                        {k: v for k, v in cand.items() if k != "code"},
+                        parents[0] if parents else None, [ref_view] if ref_view else [],
+                        self._cognition(), folder, run=self.store.name)
+                if report is None:
+                    report = analyze(cand, parents, ref_view, run=self.store.name)
+                    if use_llm:
+                        report["llm_error"] = ("the analyzer gave no usable answer (llm/ has "
+                                               "the calls)")
             self.store.write_json(self.store.candidate(c.id).analysis, report)
             self._merge_lessons(c.id, report.get("lessons", []))
             self.store.record("analyzed", c.id, lessons=len(report.get("lessons", [])),
@@ -661,7 +659,8 @@ class Driver:
                 continue
             # The trainings the verdict rests on: a later seed of any side (e.g. of a baseline
             # it is compared with) makes a new verdict.
-            others = {name: self._baseline_ids(name, preset) for name in self.cfg.search.baselines
+            others = {name: self._baseline_ids(name, preset)[0]
+                      for name in self.cfg.search.baselines
                       if name != self.cfg.fitness.reference}
             basis = len(trained) + len(ref_ids) + sum(len(ids) for ids in others.values())
             prev = done.get((cid, preset))
