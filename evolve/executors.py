@@ -90,7 +90,8 @@ class LaunchConfig:
     (sacct lags submission by seconds, so a fresh job must not look lost)."""
     result_grace_s: float = 30.0
     """Seconds to wait for a finished job's result file to appear (shared filesystems lag)
-    before recording the job as failed without a result."""
+    before recording the job as failed without a result, and for sacct to record the end of a
+    job that left its result (the GPU-hours come from that record)."""
 
     def __post_init__(self) -> None:
         choice("launch.executor", self.executor, EXECUTORS)

@@ -76,6 +76,7 @@ class Launcher:
         self._handles: dict[str, _Handle] = {}
         self._jobs: dict[str, Any] = {}  # submitit Job objects of this process (debug, local)
         self._terminal_since: dict[str, float] = {}
+        self._accounting_since: dict[str, float] = {}
 
     @property
     def active(self) -> list[str]:
@@ -252,6 +253,13 @@ class Launcher:
     def _update(self, h: _Handle, info: JobInfo, now: float) -> str | None:
         outcome = read_outcome(h.files)
         if outcome is not None:
+            if h.executor == "slurm" and (info.source != "sacct" or info.active):
+                # The result is written before the job ends, and slurmdbd records the end (and so
+                # the elapsed time the GPU-hours come from) a moment later, longer on a busy
+                # controller. Wait for it a while; past the grace the bill is estimated.
+                first = self._accounting_since.setdefault(h.cid, now)
+                if now - first < self.cfg.result_grace_s:
+                    return None
             kind, value = outcome
             if kind == "success":
                 return self._finish(h, "done", info, result=value)
@@ -293,7 +301,7 @@ class Launcher:
                 trace: str | None = None, reason: str | None = None) -> str:
         paths = self.store.candidate(h.cid)
         elapsed = info.elapsed_s or max(0.0, time.time() - h.submitted)
-        if h.executor == "slurm":
+        if h.executor == "slurm" and info.source == "sacct":
             gpu_hours, requeues = info.gpu_hours, max(info.runs - 1, 0)
         else:  # no accounting: wall time since submission times the GPUs asked for
             gpu_hours = elapsed * self.cfg.gpus_per_task / 3600.0
@@ -323,6 +331,7 @@ class Launcher:
         self._handles.pop(h.cid, None)
         self._jobs.pop(h.cid, None)
         self._terminal_since.pop(h.cid, None)
+        self._accounting_since.pop(h.cid, None)
         return status
 
     def wait(self, timeout_s: float | None = None, poll_s: float | None = None) -> dict[str, str]:

@@ -155,6 +155,40 @@ def test_gpu_hours_come_from_sacct(tmp_path: Path) -> None:
     assert read_json(store.candidate(cid).job)["gpu_hours"] == done["gpu_hours"]
 
 
+LAGGING_SACCT = """#!/bin/bash
+# Test double for a fault the real cluster shows only under load: slurmdbd has not yet recorded
+# a job that already finished. Answers nothing until the job's result exists plus %(lag)s calls,
+# then hands over to the real sacct.
+n=$(cat "%(count)s" 2>/dev/null || echo 0)
+if ls %(results)s >/dev/null 2>&1; then echo $((n + 1)) > "%(count)s"; fi
+if [ "$n" -lt %(lag)s ]; then exit 0; fi
+exec "%(real)s" "$@"
+"""
+
+
+def test_gpu_hours_wait_for_a_lagging_sacct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result that appears before sacct knows the job is held until the accounting arrives."""
+    if not has_gpus():
+        pytest.skip("this cluster's nodes have no GPUs (tools/slurm-local.sh gives them 4)")
+    store, (cid,) = jt.new_run(tmp_path / "run", 1)
+    fake = tmp_path / "bin" / "sacct"
+    fake.parent.mkdir()
+    fake.write_text(LAGGING_SACCT % {"count": tmp_path / "calls", "lag": 3, "real": shutil.which("sacct"),
+                                     "results": f"{store.jobs_dir}/*/*_result.pkl"})
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    launcher = Launcher(store, jt.launch_config("slurm", gpus_per_task=2, result_grace_s=60))
+    try:
+        job_id = launcher.submit([cid], jt.CountingJob(steps=4, step_s=0.5), {})[cid]
+        assert launcher.wait(timeout_s=120, poll_s=0.3) == {cid: "done"}
+    finally:
+        jt.cleanup(store)
+    assert int((tmp_path / "calls").read_text()) >= 3  # the lag was seen, and waited out
+    info = slurm_job_infos([job_id])[job_id]
+    done = jt.events(store, "done")[0]
+    assert info.elapsed_s > 0 and abs(done["gpu_hours"] - 2 * info.elapsed_s / 3600) <= 2 * 2 / 3600
+
+
 FAKE_DRIVER = """#!/bin/bash
 # Stands in for `python -m evolve.cli run CONFIG`: the first start runs until USR1, then stops
 # cleanly; the second start finds the run finished.
