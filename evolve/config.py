@@ -68,6 +68,11 @@ class SearchConfig:
     """When the search is complete, revert each design choice of the best candidate that
     differs from its nearest baseline, one at a time, and train each with confirm_seeds seeds
     (the table is in ablation.json and the report)."""
+    seed_designs: tuple[dict[str, Any], ...] = ()
+    """The researcher's own designs, trained in the first generation as proposals: each a spec
+    mapping, optionally `base: <baseline>` plus the fields that differ and a `motivation`
+    (see evolve/seed_designs.py). They pass the gates like any proposal and, once trained,
+    count towards max_candidates."""
     promote: PromoteConfig = field(default_factory=PromoteConfig)
     """Re-training the best candidates at a larger preset when the search is complete."""
     max_repairs: int = 2
@@ -94,6 +99,10 @@ class SearchConfig:
 
         for name in self.baselines:
             choice("baselines", name, BASELINE_NAMES)
+        from evolve.seed_designs import seed_designs
+
+        self.seed_designs = tuple(self.seed_designs)
+        seed_designs(self.seed_designs)  # every entry a valid design, or a ValueError naming it
 
 
 @dataclass(kw_only=True)

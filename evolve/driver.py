@@ -108,6 +108,7 @@ class Driver:
                 self.launcher.resume()
                 self._recover_created()
                 self._submit_baselines()
+                self._propose_seed_designs()
                 while not self._should_stop():
                     progressed = self.step()
                     if self._complete():
@@ -239,6 +240,24 @@ class Driver:
                 # Baselines are trusted package files: record them as checked without gates.
                 self.store.record("checked", cid, passed=True, gates="baseline")
                 made = True
+        return made
+
+    def _propose_seed_designs(self) -> bool:
+        """search.seed_designs as first-generation proposals, each created once per run."""
+        from evolve.model.render import render
+        from evolve.seed_designs import seed_designs
+
+        state = self._state()
+        have = {self._proposal(c).get("seed_design") for c in state.candidates}
+        made = False
+        for i, (spec, motivation) in enumerate(seed_designs(self.cfg.search.seed_designs)):
+            if i in have:
+                continue
+            cid = self._new_candidate(render(spec), {
+                "kind": "proposal", "proposer": "researcher's seed design", "seed_design": i,
+                "motivation": motivation, "parents": [], "spec": spec.to_dict()}, generation=1)
+            self._gate(cid)
+            made = True
         return made
 
     def _submit_checked(self) -> bool:

@@ -162,6 +162,12 @@ class SlotLimited(submitit.helpers.Checkpointable):
     submitit's local executor starts every job at once; this caps how many train at a time. The
     slots are flock'ed files, so a killed job frees its slot. Checkpointing is delegated to `fn`:
     a wrapped callable without a `checkpoint` method is not requeued.
+
+    Waiting jobs take free slots oldest first, by the name of their first argument (the
+    candidate folder, c000000 before c000001): each waiter holds a lock named after it while it
+    waits, and a job leaves a free slot to any older waiter. Without the order whichever
+    process polled first won, and the reference baseline, which every score waits for, could
+    train last.
     """
 
     def __init__(self, fn: Callable[..., Any], slots_dir: str, num_slots: int,
@@ -172,23 +178,49 @@ class SlotLimited(submitit.helpers.Checkpointable):
         self.lock_kind = lock_kind
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        lock = self._take_slot()
+        lock = self._take_slot(Path(str(args[0])).name if args else "")
         try:
             return self.fn(*args, **kwargs)
         finally:
             lock.release()
 
-    def _take_slot(self) -> RunLock:
-        while True:
-            for i in range(self.num_slots):
-                lock = RunLock(Path(self.slots_dir) / f"slot{i}.lock", kind=self.lock_kind,
-                               timeout_s=0)
-                try:
-                    lock.acquire()
-                    return lock
-                except LockTimeoutError:
-                    continue
-            time.sleep(0.2)
+    def _lock(self, name: str) -> RunLock:
+        return RunLock(Path(self.slots_dir) / name, kind=self.lock_kind, timeout_s=0)
+
+    def _older_waiting(self, key: str) -> bool:
+        """Whether a live job with a smaller key waits for a slot (its wait lock is held)."""
+        for path in Path(self.slots_dir).glob("wait-*.lock"):
+            if path.name[len("wait-"):-len(".lock")] >= key:
+                continue
+            probe = self._lock(path.name)
+            try:
+                probe.acquire()
+            except LockTimeoutError:
+                return True
+            probe.release()  # nobody holds it: that waiter got its slot or died
+        return False
+
+    def _take_slot(self, key: str) -> RunLock:
+        Path(self.slots_dir).mkdir(parents=True, exist_ok=True)
+        waiting = self._lock(f"wait-{key}.lock")
+        try:
+            waiting.acquire()
+        except LockTimeoutError:  # the same candidate waits twice (a requeue racing): no order
+            waiting = None
+        try:
+            while True:
+                if waiting is None or not self._older_waiting(key):
+                    for i in range(self.num_slots):
+                        lock = self._lock(f"slot{i}.lock")
+                        try:
+                            lock.acquire()
+                            return lock
+                        except LockTimeoutError:
+                            continue
+                time.sleep(0.2)
+        finally:
+            if waiting is not None:
+                waiting.release()
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission | None:  # type: ignore[override]
         inner = getattr(self.fn, "checkpoint", None)

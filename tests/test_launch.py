@@ -6,6 +6,7 @@ The scenarios live in jobs_for_tests.py and run again on a real Slurm cluster in
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,23 @@ def test_local_parallelism_cap(tmp_path: Path) -> None:
         spans.append((ts[0] - 0.25, ts[-1]))
     most = max(sum(1 for a, b in spans if a <= t <= b) for t, _ in spans)
     assert most <= 2, f"{most} trainings ran at once with array_parallelism=2: {spans}"
+
+
+def test_local_jobs_waiting_for_a_slot_start_oldest_first(tmp_path: Path) -> None:
+    store, cids = jt.new_run(tmp_path / "run", 5)
+    launcher = Launcher(store, jt.launch_config("local", array_parallelism=1))
+    try:
+        # The first holds the only slot while the others, submitted newest first, queue up.
+        launcher.submit(cids[:1], jt.CountingJob(steps=8, step_s=0.5), {})
+        deadline = time.time() + 60
+        while not store.candidate(cids[0]).metrics.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        launcher.submit(cids[:0:-1], jt.CountingJob(steps=2, step_s=0.1), {})
+        assert launcher.wait(timeout_s=180, poll_s=0.3) == {c: "done" for c in cids}
+    finally:
+        jt.cleanup(store)
+    first_step = {c: jt.metrics(store.candidate(c).dir)[0]["t"] for c in cids}
+    assert sorted(cids, key=first_step.get) == cids, first_step
 
 
 def test_debug_executor_runs_in_process(tmp_path: Path) -> None:
