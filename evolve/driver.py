@@ -744,8 +744,10 @@ class Driver:
         # The target is chosen once (ablation.json keeps it): more seeds of another candidate
         # must not start a second ablation.
         pinned = read_json(self.cfg.run_dir / "ablation.json", None) or {}
-        best = pinned.get("candidate") or \
-            next((cid for cid in self._best() if self._spec(self._proposal(cid))), None)
+        if pinned.get("candidate"):
+            best, why = pinned["candidate"], pinned.get("chosen", "")
+        else:
+            best, why = self._ablation_target()
         if best is None:
             return False
         spec = self._spec(self._proposal(best))
@@ -774,11 +776,32 @@ class Driver:
                     generation=self._state().candidates[best].generation or 0)
                 self._gate(new)
                 made = True
-        self._write_ablation(best, base_name, plan, seeds)
+        self._write_ablation(best, base_name, plan, seeds, why)
         return made
 
+    def _ablation_target(self) -> tuple[str | None, str]:
+        """The candidate to ablate and why it: the best confirmed better than the reference;
+        with none confirmed, the best by its mean over the seeds it has (one-seed fitness
+        without replicas), since what each change contributes is worth knowing either way."""
+        with_spec = lambda ids: [c for c in ids if self._spec(self._proposal(c))]
+        confirmed = with_spec(self._best()) if self.cfg.search.confirm_top >= 1 else []
+        if confirmed:
+            return confirmed[0], "the best candidate confirmed better than the reference"
+        verdicts = self._verdicts() if self.cfg.search.confirm_top >= 1 else {}
+        ranked = with_spec([c.id for c in self._ranked()])
+        if not ranked:
+            return None, ""
+        fitness = {c.id: c.fitness for c in self._ranked()}
+        mean = lambda cid: (verdicts.get((cid, None)) or {}).get("mean", fitness[cid])
+        best = max(ranked, key=mean)
+        if self.cfg.search.confirm_top >= 1:
+            return best, ("the best candidate by mean fitness; none was confirmed better than "
+                          "the reference, so the table says what each change does, not why "
+                          "a confirmed winner wins")
+        return best, "the best candidate by fitness (confirmation is off: search.confirm_top 0)"
+
     def _write_ablation(self, best: str, base_name: str, plan: list[dict[str, Any]],
-                        seeds: int) -> None:
+                        seeds: int, why: str) -> None:
         """ablation.json: the plan, and the table once every training of it has finished."""
         state = self._state()
         by_field: dict[str, list[str]] = {}
@@ -787,8 +810,8 @@ class Driver:
                 by_field.setdefault(key[2], []).append(cid)
         members = [m for ms in by_field.values() for m in ms] + self._group(best)
         finished = all(state.candidates[m].status not in UNFINISHED for m in members)
-        out: dict[str, Any] = {"candidate": best, "baseline": base_name, "seeds": seeds,
-                               "plan": plan, "complete": finished}
+        out: dict[str, Any] = {"candidate": best, "chosen": why, "baseline": base_name,
+                               "seeds": seeds, "plan": plan, "complete": finished}
         if finished:
             ref_ids, _ = self._reference_ids()
             trained = lambda ids: [m for m in ids if state.candidates[m].status in TRAINED]

@@ -105,9 +105,17 @@ def test_confirmation_and_ablation_in_a_real_run(tmp_path: Path) -> None:
         verdict = json.loads((store.candidate(e["candidate"]).dir / "confirmation.json").read_text())
         assert verdict["seeds"] == 2 and verdict["reference_seeds"] == 2
         assert verdict["better"] == (verdict["fitness"]["mean"] - verdict["fitness"]["ci95"] > 0)
-    # Ablation: the best candidate's differing fields reverted one at a time, 2 seeds each.
+    # Ablation: the best candidate's differing fields reverted one at a time, 2 seeds each;
+    # the best confirmed one, or with none confirmed the best by mean fitness (and it says so).
     ablation = json.loads((run / "ablation.json").read_text())
     assert ablation["complete"], ablation
+    latest = {e["candidate"]: e for e in confirmed}
+    better = sorted((e["mean"], c) for c, e in latest.items() if e["better"])
+    if better:
+        assert ablation["chosen"].startswith("the best candidate confirmed")
+        assert ablation["candidate"] == better[-1][1]
+    else:
+        assert "none was confirmed better" in ablation["chosen"]
     trained = [p for p in props.values() if p["kind"] == "ablation"]
     planned = [row for row in ablation["plan"] if not row["note"]]
     assert len(trained) == 2 * len(planned)
