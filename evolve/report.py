@@ -590,7 +590,8 @@ def _ablation_section(data: RunData, ids: _Ids, out: Path) -> str:
     return (f"<h2>Ablation</h2><p>Each change of {ids.text(abl.get('candidate'))} relative to "
             f"its nearest baseline {esc(base)}, reverted one at a time; the "
             f"contribution is the full design's value minus the reverted one's (positive: the "
-            f"change helped). <span class=muted>{esc(state)}.</span></p><table><tr>"
+            f"change helped). Chosen as {esc(str(abl.get('chosen') or 'the best candidate'))}. "
+            f"<span class=muted>{esc(state)}.</span></p><table><tr>"
             + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
             + ('<img src="ablation.png" alt="ablation: contribution of each change">'
                if drawn else ""))

@@ -263,6 +263,7 @@ def followup_run(tmp_path: Path) -> dict[str, str | Path]:
                              parents=[best])
     store.write_json(store.root / "ablation.json", {
         "candidate": best, "baseline": "deltanet", "complete": True,
+        "chosen": "the best candidate confirmed better than the reference",
         "plan": [{"field": "beta", "from": "sigmoid2", "to": "sigmoid", "note": ""},
                  {"field": "conv_size", "from": 4, "to": None, "note": ""},
                  {"field": "gate", "from": "none", "to": "scalar",
@@ -375,6 +376,7 @@ def test_report_has_confirmation_and_ablation_sections(followup_run, tmp_path: P
     assert "+0.0600 ± 0.0200" in text and "better" in text  # leaderboard and confirmation
     assert "+0.0500 ± 0.0200" in text  # beta's contribution
     assert "sigmoid2 → sigmoid" in text
+    assert "Chosen as the best candidate confirmed better than the reference." in text
     assert "skipped: inert in this design: reverting it changes nothing" in text
     assert "-0.0100" in text  # conv_size's contribution, no interval over one failed seed
     assert f"model</th><td>{MODEL_SOURCE}" in html
