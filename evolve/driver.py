@@ -745,7 +745,8 @@ class Driver:
         # must not start a second ablation.
         pinned = read_json(self.cfg.run_dir / "ablation.json", None) or {}
         if pinned.get("candidate"):
-            best, why = pinned["candidate"], pinned.get("chosen", "")
+            best = pinned["candidate"]
+            why = pinned.get("chosen") or "named in ablation.json (`evolve verify --ablate`)"
         else:
             best, why = self._ablation_target()
         if best is None:
