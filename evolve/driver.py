@@ -789,10 +789,10 @@ class Driver:
         if confirmed:
             return confirmed[0], "the best candidate confirmed better than the reference"
         verdicts = self._verdicts() if self.cfg.search.confirm_top >= 1 else {}
-        ranked = with_spec([c.id for c in self._ranked()])
+        fitness = {c.id: c.fitness for c in self._ranked()}
+        ranked = with_spec(list(fitness))
         if not ranked:
             return None, ""
-        fitness = {c.id: c.fitness for c in self._ranked()}
         mean = lambda cid: (verdicts.get((cid, None)) or {}).get("mean", fitness[cid])
         best = max(ranked, key=mean)
         if self.cfg.search.confirm_top >= 1:
