@@ -127,6 +127,9 @@ def test_study_runs_each_method_and_summarizes_consistently(tmp_path: Path) -> N
         ends = [e["candidate"] for e in Store.open(run).events()
                 if e.get("event") in ("done", "failed") and e.get("candidate") in proposals]
         assert ids == list(dict.fromkeys(ends))
+        for t in row["trainings"]:  # each training's own scores, from its result.json
+            result = json.loads(Store.open(run).candidate(t["id"]).result.read_text())
+            assert t["bpb"] == result["metrics"]["bpb"]
         first = row["first_beat"]["reference"]
         before = [t["fitness"] for t in row["trainings"][:(first or 3) - 1]]
         assert all(f is None or f <= 0 for f in before)
@@ -141,3 +144,13 @@ def test_study_runs_each_method_and_summarizes_consistently(tmp_path: Path) -> N
         new = (out / f"search-{m}-s0" / "journal.jsonl").read_text()[len(before):]
         assert '"submitted"' not in new
     assert study.main(argv[:-2] + ["--out", str(out), "--summarize-only"]) == 0
+
+
+def test_beating_gated_deltanet_on_both_axes_needs_both_in_one_training() -> None:
+    study = _study()
+    trainings = [{"bpb": 2.80, "mqar": 0.10},   # better bits per byte only
+                 {"bpb": 3.10, "mqar": 0.90},   # better recall only
+                 {"bpb": None, "mqar": None},   # failed
+                 {"bpb": 2.90, "mqar": 0.60}]   # both
+    assert study.first_beating_both(trainings, bpb=2.93, mqar=0.24) == 4
+    assert study.first_beating_both(trainings[:3], bpb=2.93, mqar=0.24) is None
