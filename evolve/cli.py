@@ -180,13 +180,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 0
     cfg = run_config_from_dict(store.config(), source=str(store.run_yaml))
     cfg.root, cfg.name = str(store.root.parent), store.root.name
-    Driver(cfg).run()
+    driver = Driver(cfg)
+    driver.run()
     name = "confirmation.json" if args.preset is None else f"confirmation-{args.preset}.json"
     from evolve.fsio import read_json
 
     verdict = read_json(store.candidate(args.id).dir / name, None)
     if verdict is None:
-        print(f"evolve verify: {args.id}: no verdict yet (the driver stopped early)",
+        why = driver.stop_reason or "unknown"
+        if why == "STOP file":  # left by an earlier `touch RUN/STOP`: it stops every driver
+            why += f" {store.root / 'STOP'}; remove it and run the same command again"
+        print(f"evolve verify: {args.id}: no verdict yet (the driver stopped early: {why})",
               file=sys.stderr)
         return 1
     f = verdict.get("fitness") or {}

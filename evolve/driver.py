@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from evolve.checks import GATES, check_candidate, check_file, leakage_verdict
-from evolve.config import RunConfig
+from evolve.config import RunConfig, run_config_from_dict
 from evolve.configio import to_dict
 from evolve.fitness import Reference, fitness
 from evolve.followup import (ablation_table, ablation_variants, confirm, nearest_baseline,
@@ -53,7 +53,8 @@ class Driver:
     def __init__(self, cfg: RunConfig, *, force: bool = False,
                  proposer: Proposer | None = None) -> None:
         self.cfg = cfg
-        self.store = Store.create(cfg.run_dir, to_dict(cfg), cfg=cfg.store, force=force)
+        self.store = Store.create(cfg.run_dir, to_dict(cfg), cfg=cfg.store, force=force,
+                                  upgrade=lambda frozen: to_dict(run_config_from_dict(frozen)))
         self.launcher = Launcher(self.store, cfg.launch)
         self.stop_reason: str | None = None
         self._proposals: dict[str, dict[str, Any]] = {}

@@ -213,12 +213,16 @@ class Store:
 
     @classmethod
     def create(cls, root: str | os.PathLike[str], config: dict[str, Any], *,
-               cfg: StoreConfig | None = None, force: bool = False) -> Store:
+               cfg: StoreConfig | None = None, force: bool = False,
+               upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Store:
         """Start a new run at `root`, or resume the run there.
 
         `config` is the resolved run config as a plain dict; it is frozen as run.yaml. Resuming
         with a different config raises ConfigMismatchError listing the differing keys, unless
-        `force`, which adopts the new config and journals the change.
+        `force`, which adopts the new config and journals the change. `upgrade` reads a frozen
+        config the way this version of evolve does (filling keys that a newer version added
+        with their defaults): a key missing from run.yaml whose new value is that default is
+        not a change, so a run started by an older evolve resumes under a newer one.
         """
         root = Path(root).absolute()
         new = plain(config)
@@ -228,6 +232,15 @@ class Store:
             # `root` is how the folder was spelled (relative to where the run was started), not
             # part of the experiment: a resume from another directory names it differently.
             keys = [k for k in config_diff(old, new) if k != "root"]
+            if keys and upgrade is not None:
+                try:
+                    read_now = plain(upgrade(old))
+                except Exception:  # noqa: BLE001 - an unreadable old config: report every key
+                    read_now = None
+                if read_now is not None:
+                    keys = [k for k in keys if not (_dotted_missing(old, k)
+                                                    and _dotted_get(read_now, k)
+                                                    == _dotted_get(new, k))]
             if keys and not force:
                 raise ConfigMismatchError(
                     f"{store.run_yaml}: the config differs from the run's frozen config in "
@@ -432,6 +445,15 @@ def _is_partial_run(root: Path) -> bool:
         if p.name not in ours or (p.is_dir() and p.name != "locks" and any(p.iterdir())):
             return False
     return True
+
+
+def _dotted_missing(d: Any, dotted: str) -> bool:
+    """Whether the dotted key (or a section above it) is absent from `d`."""
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return True
+        d = d[part]
+    return False
 
 
 def _dotted_get(d: Any, dotted: str) -> Any:

@@ -113,6 +113,27 @@ def test_resume_with_a_changed_config_is_refused_listing_keys(tmp_path: Path) ->
         Driver(changed)
 
 
+def test_a_run_frozen_by_an_older_evolve_resumes_when_new_keys_keep_their_defaults(
+        tmp_path: Path) -> None:
+    # An older evolve froze run.yaml without the keys added since (search.seed_designs came in
+    # session 3); resuming or `evolve verify` on such a run must not call that a change.
+    path = mini_config(tmp_path, max_candidates=2)
+    cfg = load_run_config(path)
+    Driver(cfg)
+    frozen = yaml.safe_load((cfg.run_dir / "run.yaml").read_text())
+    del frozen["search"]["seed_designs"]
+    del frozen["fitness"]["mqar_pairs"]
+    (cfg.run_dir / "run.yaml").write_text(yaml.safe_dump(frozen))
+    Driver(load_run_config(path))  # the defaults: no error
+    # A new key set to something else than its default is still a change, named.
+    data = yaml.safe_load(path.read_text())
+    data["search"]["seed_designs"] = [{"base": "deltanet", "out_norm": "none"}]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(Exception, match="search.seed_designs") as err:
+        Driver(load_run_config(path))
+    assert "fitness.mqar_pairs" not in str(err.value)
+
+
 def test_stop_file_ends_the_loop_cleanly(tmp_path: Path) -> None:
     cfg = load_run_config(mini_config(tmp_path))
     driver = Driver(cfg)
