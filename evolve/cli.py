@@ -163,29 +163,39 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"evolve verify: {args.id} {what}; trained candidates: "
               f"{', '.join(trained[-10:]) or 'none yet'}", file=sys.stderr)
         return 2
+    lock = store.lock("driver", timeout_s=0)
+    try:
+        lock.acquire()
+        lock.release()
+        driver_running = False
+    except LockTimeoutError:
+        driver_running = True
+    driver = None
+    if not driver_running and not args.no_wait:
+        # Built before the request is queued: a run this driver refuses (e.g. a changed config)
+        # must not leave a request behind for a later driver to act on.
+        cfg = run_config_from_dict(store.config(), source=str(store.run_yaml))
+        cfg.root, cfg.name = str(store.root.parent), store.root.name
+        driver = Driver(cfg)
     folder = store.root / "requests"
     folder.mkdir(exist_ok=True)
     request = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.id}.json"
     atomic_write_json(request, {"candidate": args.id, "seeds": args.seeds,
                                 "preset": args.preset, "ablate": args.ablate})
-    lock = store.lock("driver", timeout_s=0)
-    try:
-        lock.acquire()
-        lock.release()
-    except LockTimeoutError:
+    if driver_running:
         print(f"evolve verify: queued {request.name}; the running driver picks it up")
         return 0
-    if args.no_wait:
+    if driver is None:
         print(f"evolve verify: queued {request.name}; `evolve run` on the run file trains it")
         return 0
-    cfg = run_config_from_dict(store.config(), source=str(store.run_yaml))
-    cfg.root, cfg.name = str(store.root.parent), store.root.name
-    driver = Driver(cfg)
     driver.run()
     name = "confirmation.json" if args.preset is None else f"confirmation-{args.preset}.json"
     from evolve.fsio import read_json
 
     verdict = read_json(store.candidate(args.id).dir / name, None)
+    if verdict is not None and driver.stop_reason != "complete" \
+            and int(verdict.get("seeds") or 0) < args.seeds:
+        verdict = None  # an earlier request's verdict, on fewer seeds than asked for now
     if verdict is None:
         why = driver.stop_reason or "unknown"
         if why == "STOP file":  # left by an earlier `touch RUN/STOP`: it stops every driver

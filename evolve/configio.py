@@ -55,6 +55,31 @@ def _dataclass_in(tp: Any) -> type | None:
     return None
 
 
+_SCALARS = (bool, int, float, str)
+
+
+def _scalar_mismatch(value: Any, tp: Any) -> str | None:
+    """The expected type's name when `value` cannot be a `tp` (a plain bool, int, float or str,
+    possibly `| None`), else None. Other annotations are left to the dataclass."""
+    allowed = [tp]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        allowed = list(typing.get_args(tp))
+    if not all(t in _SCALARS or t is type(None) for t in allowed):
+        return None
+    for t in allowed:
+        if t is type(None) and value is None:
+            return None
+        if t is bool and isinstance(value, bool):
+            return None
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return None
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return None
+        if t is str and isinstance(value, str):
+            return None
+    return " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+
+
 def from_dict(
     cls: type[T],
     data: dict[str, Any] | None,
@@ -88,6 +113,11 @@ def from_dict(
             value = from_dict(sub, value, source=source, lines=lines, prefix=dotted)
         elif isinstance(value, list) and typing.get_origin(hints[key]) is tuple:
             value = tuple(value)
+        expected = _scalar_mismatch(value, hints[key])
+        if expected is not None:
+            where = f"{source}:{lines[dotted]}" if dotted in lines else source
+            raise ConfigError(f"{where}: '{dotted}' is {value!r} ({type(value).__name__}); "
+                              f"it must be {expected}")
         kwargs[key] = value
     try:
         return cls(**kwargs)

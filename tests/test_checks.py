@@ -92,6 +92,23 @@ def test_config_rejects_bad_values_naming_them() -> None:
         CheckConfig(allowed_imports=("os; rm",))
 
 
+def test_a_run_file_value_of_the_wrong_type_is_named_with_its_line(tmp_path: Path) -> None:
+    from evolve.config import load_run_config
+    from evolve.configio import ConfigError
+
+    path = tmp_path / "run.yaml"
+    path.write_text("name: r\nsearch:\n  max_candidates: many\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml:3: 'search\.max_candidates' is 'many' "
+                                          r"\(str\); it must be int"):
+        load_run_config(path)
+    path.write_text("name: r\nsearch:\n  max_wall_hours: true\n")
+    with pytest.raises(ConfigError, match=r"'search\.max_wall_hours' is True \(bool\); "
+                                          r"it must be float or null"):
+        load_run_config(path)
+    path.write_text("name: r\nfitness:\n  mqar_pairs: 16\nsearch:\n  max_wall_hours: 2\n")
+    assert load_run_config(path).search.max_wall_hours == 2  # an int where a float goes
+
+
 def test_config_loads_from_yaml_data_with_lists() -> None:
     cfg = from_dict(CheckConfig, {"interface_shapes": [[2, 33]], "cost_lengths": [128, 256, 512]})
     assert cfg.interface_shapes == ((2, 33),) and cfg.cost_lengths == (128, 256, 512)

@@ -164,6 +164,26 @@ def test_verify_command_and_promotion(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "evolve.cli", "verify", str(cfg.run_dir),
                           "c999999"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "c999999" in bad.stderr
+    # A STOP file left in the run stops the command's driver: it says so and how to go on.
+    (cfg.run_dir / "STOP").touch()
+    stopped = subprocess.run([sys.executable, "-m", "evolve.cli", "verify", str(cfg.run_dir),
+                              proposal, "--seeds", "3"], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=900)
+    assert stopped.returncode == 1
+    assert f"stopped early: STOP file {cfg.run_dir / 'STOP'}; remove it" in stopped.stderr
+    (cfg.run_dir / "STOP").unlink()
+    # A run the command's driver refuses to resume queues nothing for a later driver.
+    requests = sorted((cfg.run_dir / "requests").iterdir())
+    frozen = yaml.safe_load((cfg.run_dir / "run.yaml").read_text())
+    frozen["search"]["max_candidates"] = "many"
+    (cfg.run_dir / "run.yaml").write_text(yaml.safe_dump(frozen))
+    refused = subprocess.run([sys.executable, "-m", "evolve.cli", "verify", str(cfg.run_dir),
+                              proposal, "--seeds", "4"], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=900)
+    assert refused.returncode == 2 and "search.max_candidates" in refused.stderr
+    assert sorted((cfg.run_dir / "requests").iterdir()) == requests
+    frozen["search"]["max_candidates"] = 1
+    (cfg.run_dir / "run.yaml").write_text(yaml.safe_dump(frozen))
     check_invariants(cfg.run_dir, min_proposals=1)
 
 
