@@ -107,6 +107,8 @@ def test_a_run_file_value_of_the_wrong_type_is_named_with_its_line(tmp_path: Pat
         load_run_config(path)
     path.write_text("name: r\nfitness:\n  mqar_pairs: 16\nsearch:\n  max_wall_hours: 2\n")
     assert load_run_config(path).search.max_wall_hours == 2  # an int where a float goes
+    path.write_text("name: r\ntrain:\n  lm:\n    optim:\n      lr: 3e-3\n")
+    assert load_run_config(path).train.lm.optim.lr == 0.003  # YAML 1.1 reads 3e-3 as a string
 
 
 def test_config_loads_from_yaml_data_with_lists() -> None:
