@@ -113,14 +113,14 @@ def from_dict(
             value = from_dict(sub, value, source=source, lines=lines, prefix=dotted)
         elif isinstance(value, list) and typing.get_origin(hints[key]) is tuple:
             value = tuple(value)
-        if isinstance(value, str) and _scalar_mismatch(value, hints[key]) is not None \
+        expected = _scalar_mismatch(value, hints[key])
+        if expected is not None and isinstance(value, str) \
                 and _scalar_mismatch(1.0, hints[key]) is None:
             # YAML 1.1 reads 3e-3 (no dot) as a string; a float field takes it as the number.
             try:
-                value = float(value)
+                value, expected = float(value), None
             except ValueError:
                 pass
-        expected = _scalar_mismatch(value, hints[key])
         if expected is not None:
             where = f"{source}:{lines[dotted]}" if dotted in lines else source
             raise ConfigError(f"{where}: '{dotted}' is {value!r} ({type(value).__name__}); "

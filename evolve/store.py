@@ -238,7 +238,7 @@ class Store:
                 except Exception:  # noqa: BLE001 - an unreadable old config: report every key
                     read_now = None
                 if read_now is not None:
-                    keys = [k for k in keys if not (_dotted_missing(old, k)
+                    keys = [k for k in keys if not (_dotted_get(old, k, _MISSING) is _MISSING
                                                     and _dotted_get(read_now, k)
                                                     == _dotted_get(new, k))]
             if keys and not force:
@@ -447,19 +447,13 @@ def _is_partial_run(root: Path) -> bool:
     return True
 
 
-def _dotted_missing(d: Any, dotted: str) -> bool:
-    """Whether the dotted key (or a section above it) is absent from `d`."""
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return True
-        d = d[part]
-    return False
+_MISSING = object()
 
 
-def _dotted_get(d: Any, dotted: str) -> Any:
+def _dotted_get(d: Any, dotted: str, default: Any = None) -> Any:
     for part in dotted.split("."):
         if not isinstance(d, dict) or part not in d:
-            return None
+            return default
         d = d[part]
     return d
 

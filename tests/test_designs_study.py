@@ -7,7 +7,6 @@ seeds would take minutes each.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -17,17 +16,7 @@ from pathlib import Path
 import pytest
 
 from evolve.store import Store
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("designs_study",
-                                                  REPO / "tools" / "study" / "designs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from study_tools import STUDY, load_study_tool
 
 def _add(store: Store, proposal: dict, seed: int, bpb: float, mqar16: float,
          status: str = "ok") -> str:
@@ -61,7 +50,7 @@ def run(tmp_path: Path) -> Path:
 
 
 def test_designs_are_pooled_by_code_and_compared_with_welch_intervals(run: Path) -> None:
-    tool = _tool()
+    tool = load_study_tool("designs")
     designs = tool.collect(run, 16)
     assert {d["name"]: sorted(d["seeds"]) for d in designs.values()} == {
         "gated_deltanet": [0, 1, 2], "c000003": [0, 1, 2],
@@ -83,7 +72,7 @@ def test_designs_are_pooled_by_code_and_compared_with_welch_intervals(run: Path)
 def test_the_command_writes_its_table_and_refuses_a_folder_that_is_not_a_run(
         run: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, str(REPO / "tools" / "study" / "designs.py"),
+    done = subprocess.run([sys.executable, str(STUDY / "designs.py"),
                            str(run), "--out", str(out)], capture_output=True, text=True,
                           check=True)
     assert "| c000003 | winner | c000003 | 3 |" in done.stdout
@@ -92,7 +81,7 @@ def test_the_command_writes_its_table_and_refuses_a_folder_that_is_not_a_run(
     assert saved["pairs"] == 16 and len(saved["rows"]) == 1
     assert (out / "designs.md").read_text() in done.stdout
 
-    bad = subprocess.run([sys.executable, str(REPO / "tools" / "study" / "designs.py"),
+    bad = subprocess.run([sys.executable, str(STUDY / "designs.py"),
                           str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 2
     assert f"{tmp_path} is not a run folder (no journal.jsonl there)" in bad.stderr

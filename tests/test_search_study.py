@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,17 +9,7 @@ import pytest
 import yaml
 
 from evolve.store import Store
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _study():
-    spec = importlib.util.spec_from_file_location("search_study",
-                                                  REPO / "tools" / "study" / "search.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from study_tools import load_study_tool
 
 def tiny_config(tmp_path: Path) -> Path:
     cfg = {
@@ -43,7 +32,7 @@ def tiny_config(tmp_path: Path) -> Path:
 
 def test_a_method_the_driver_refuses_is_recorded_and_the_rest_goes_on(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    study = _study()
+    study = load_study_tool("search")
     calls = []
 
     def fake_run(cfg, method: str, seed: int, force: bool) -> None:
@@ -71,7 +60,7 @@ def test_a_method_the_driver_refuses_is_recorded_and_the_rest_goes_on(
 
 
 def test_run_config_names_the_method() -> None:
-    study = _study()
+    study = load_study_tool("search")
     from evolve.config import default_run_config
 
     base = default_run_config()
@@ -85,7 +74,7 @@ def test_run_config_names_the_method() -> None:
 
 @pytest.mark.slow
 def test_study_runs_each_method_and_summarizes_consistently(tmp_path: Path) -> None:
-    study = _study()
+    study = load_study_tool("search")
     out = tmp_path / "search"
     argv = ["--methods", "mutator,random", "--seeds", "0", "--trainings", "2",
             "--config", str(tiny_config(tmp_path)), "--out", str(out)]
@@ -147,7 +136,7 @@ def test_study_runs_each_method_and_summarizes_consistently(tmp_path: Path) -> N
 
 
 def test_beating_gated_deltanet_on_both_axes_needs_both_in_one_training() -> None:
-    study = _study()
+    study = load_study_tool("search")
     trainings = [{"bpb": 2.80, "mqar": 0.10},   # better bits per byte only
                  {"bpb": 3.10, "mqar": 0.90},   # better recall only
                  {"bpb": None, "mqar": None},   # failed

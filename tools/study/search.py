@@ -31,6 +31,7 @@ its result, evaluation included; the last life only if it was pre-empted) x torc
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -99,12 +100,16 @@ def read_run(run: Path) -> dict[str, Any]:
     runtime = config.get("train", {}).get("runtime", {})
     threads = runtime.get("num_threads") or config.get("launch", {}).get("cpus_per_task") or 1
 
+    @functools.cache
+    def result_of(cid: str) -> dict[str, Any]:
+        """result.json, read once: both the cost and the scores of a training come from it."""
+        return read_json(store.candidate(cid).result, None) or {}
+
     def cpu_hours(cid: str) -> float:
-        paths = store.candidate(cid)
-        result = read_json(paths.result, None) or {}
+        result = result_of(cid)
         seconds = result.get("wall_s")
         if seconds is None:
-            seconds = (read_json(paths.job, None) or {}).get("elapsed_s") or 0.0
+            seconds = (read_json(store.candidate(cid).job, None) or {}).get("elapsed_s") or 0.0
         used = ((result.get("config") or {}).get("runtime") or {}).get("num_threads") or threads
         return float(seconds) * used / 3600.0
 
@@ -112,7 +117,7 @@ def read_run(run: Path) -> dict[str, Any]:
 
     def scores(cid: str) -> tuple[float | None, float | None]:
         """Bits per byte and MQAR accuracy at the run's fitness.mqar_pairs, of an ok result."""
-        result = read_json(store.candidate(cid).result, None) or {}
+        result = result_of(cid)
         if result.get("status") != "ok":
             return None, None
         metrics = result.get("metrics") or {}
