@@ -348,3 +348,10 @@ def scenario_failure(root: Any, executor: str) -> Any:
     assert store.replay().candidates[cids[0]].status == "failed"
     assert not store.candidate(cids[1]).error.exists()
     return store
+
+
+def imported_from(names: list[str]) -> dict[str, str]:
+    """Import each module by name in this process and say which file each came from."""
+    import importlib
+
+    return {name: str(getattr(importlib.import_module(name), "__file__", None)) for name in names}

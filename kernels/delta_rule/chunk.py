@@ -12,7 +12,8 @@ the sequential part is one small matmul per chunk.
 import torch
 from einops import rearrange
 
-from ..utils import as_float, causal_mask, default_scale, matmul_add, pad_time, to_chunks
+from ..utils import (as_float, causal_mask, default_scale, float32_region, matmul_add, pad_time,
+                     solve_unit_lower, to_chunks)
 
 
 def chunk_delta_rule(
@@ -25,7 +26,11 @@ def chunk_delta_rule(
     output_final_state: bool = False,
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Same contract as `naive_delta_rule`; computes in float32, returns o in v's dtype."""
+    """Same contract as `naive_delta_rule`; computes in float32, returns o in v's dtype.
+
+    Under autocast the WY solve and the state recurrence stay in float32 and only the output
+    path (q k^T, q S, attn u) runs in the autocast dtype (see utils.py).
+    """
     B, T, H, K = q.shape
     V = v.shape[-1]
     dtype = v.dtype
@@ -38,27 +43,26 @@ def chunk_delta_rule(
     beta = rearrange(pad_time(beta, C), "b (n c) h -> b h n c", c=C)[..., None]  # [B, H, N, C, 1]
     q = q * scale
 
-    # [beta K | beta V] in one tensor: the right-hand sides of the solve, and beta K for A
-    kv_beta = torch.cat([k, v], dim=-1) * beta  # [B, H, N, C, K + V]
-    # A = beta K K^T. Only its strictly lower triangle is used: solve_triangular with
-    # upper=False, unitriangular=True reads nothing else (and its gradient is zero elsewhere),
-    # so the solve below is with I + tril(A, -1) without masking A or adding the identity.
-    A = kv_beta[..., :K] @ k.transpose(-1, -2)  # [B, H, N, C, C]
-    wu = torch.linalg.solve_triangular(A, kv_beta, upper=False, unitriangular=True)
-    w, u = wu[..., :K], wu[..., K:]  # [B, H, N, C, K], [B, H, N, C, V]
+    with float32_region(q):
+        # [beta K | beta V] in one tensor: the right-hand sides of the solve, and beta K for A
+        kv_beta = torch.cat([k, v], dim=-1) * beta  # [B, H, N, C, K + V]
+        # A = beta K K^T; the solve reads only its strict lower triangle: I + tril(A, -1)
+        A = kv_beta[..., :K] @ k.transpose(-1, -2)  # [B, H, N, C, C]
+        wu = solve_unit_lower(A, kv_beta)
+        w, u = wu[..., :K], wu[..., K:]  # [B, H, N, C, K], [B, H, N, C, V]
 
-    if S is None:
-        S = q.new_zeros(B, H, K, V)
-    states, u_new = [], []
-    # unbind rather than index: the backward of one indexing op per chunk would allocate and
-    # zero-fill a full-size gradient each time (that dominated the runtime)
-    for u_n, w_n, k_n in zip(u.unbind(2), w.unbind(2), k.unbind(2)):
-        states.append(S)
-        u_n = u_n - w_n @ S  # [B, H, C, V]
-        u_new.append(u_n)
-        S = S + k_n.transpose(-1, -2) @ u_n
-    S_in = torch.stack(states, dim=2)  # [B, H, N, K, V]
-    u_new = torch.stack(u_new, dim=2)  # [B, H, N, C, V]
+        if S is None:
+            S = q.new_zeros(B, H, K, V)
+        states, u_new = [], []
+        # unbind rather than index: the backward of one indexing op per chunk would allocate
+        # and zero-fill a full-size gradient each time (that dominated the runtime)
+        for u_n, w_n, k_n in zip(u.unbind(2), w.unbind(2), k.unbind(2)):
+            states.append(S)
+            u_n = u_n - w_n @ S  # [B, H, C, V]
+            u_new.append(u_n)
+            S = S + k_n.transpose(-1, -2) @ u_n
+        S_in = torch.stack(states, dim=2)  # [B, H, N, K, V]
+        u_new = torch.stack(u_new, dim=2)  # [B, H, N, C, V]
 
     attn = (q @ k.transpose(-1, -2)) * causal_mask(C, q)  # [B, H, N, C, C]
     o = matmul_add(q @ S_in, attn, u_new)  # q S_in + attn u_new

@@ -11,7 +11,8 @@ number, so strong decays underflow to zero instead of overflowing.
 import torch
 from einops import rearrange
 
-from ..utils import as_float, default_scale, matmul_add, pad_time, to_chunks
+from ..utils import (as_float, default_scale, float32_region, matmul_add, pad_time,
+                     solve_unit_lower, to_chunks)
 
 
 def chunk_gated_delta_rule(
@@ -25,7 +26,11 @@ def chunk_gated_delta_rule(
     output_final_state: bool = False,
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Same contract as `naive_gated_delta_rule`; computes in float32, returns o in v's dtype."""
+    """Same contract as `naive_gated_delta_rule`; computes in float32, returns o in v's dtype.
+
+    Under autocast the decays, the WY solve and the state recurrence stay in float32 and only
+    the output path (q k^T, attn u, q S) runs in the autocast dtype (see utils.py).
+    """
     B, T, H, K = q.shape
     V = v.shape[-1]
     dtype = v.dtype
@@ -47,32 +52,31 @@ def chunk_gated_delta_rule(
         torch.ones(C, C, dtype=torch.bool, device=b.device).triu(1), float("-inf"))
     G = (b[..., :, None] - b[..., None, :] + upper_inf).exp()  # [B, H, N, C, C], 0 above diag
 
-    k_beta = k * beta
-    # A = beta K K^T * G. Only its strictly lower triangle is used: solve_triangular with
-    # upper=False, unitriangular=True reads nothing else (and its gradient is zero elsewhere),
-    # so the solve below is with I + tril(A, -1) without masking A or adding the identity.
-    A = k_beta @ k.transpose(-1, -2) * G  # [B, H, N, C, C]
     gamma = b.exp()[..., None]  # [B, H, N, C, 1]
-    wu = torch.linalg.solve_triangular(
-        A, torch.cat([k_beta * gamma, v * beta], dim=-1), upper=False, unitriangular=True
-    )
-    w, u = wu[..., :K], wu[..., K:]  # [B, H, N, C, K], [B, H, N, C, V]
     # keys decayed to the chunk's end, and the whole chunk's decay, for the state update
     b_last = b[..., -1:]  # [B, H, N, 1]
     k_end = k * (b_last - b).exp()[..., None]  # [B, H, N, C, K]
     chunk_decay = b_last.exp()[..., None]  # [B, H, N, 1, 1]
+    with float32_region(q):
+        k_beta = k * beta
+        # A = beta K K^T * G; the solve reads only its strict lower triangle: I + tril(A, -1)
+        A = k_beta @ k.transpose(-1, -2) * G  # [B, H, N, C, C]
+        wu = solve_unit_lower(A, torch.cat([k_beta * gamma, v * beta], dim=-1))
+        w, u = wu[..., :K], wu[..., K:]  # [B, H, N, C, K], [B, H, N, C, V]
 
-    if S is None:
-        S = q.new_zeros(B, H, K, V)
-    states, u_new = [], []
-    # unbind rather than index: per-chunk indexing would zero-fill a full-size gradient per chunk
-    for u_n, w_n, k_n, d_n in zip(u.unbind(2), w.unbind(2), k_end.unbind(2), chunk_decay.unbind(2)):
-        states.append(S)
-        u_n = u_n - w_n @ S  # [B, H, C, V]
-        u_new.append(u_n)
-        S = S * d_n + k_n.transpose(-1, -2) @ u_n
-    S_in = torch.stack(states, dim=2)  # [B, H, N, K, V]
-    u_new = torch.stack(u_new, dim=2)  # [B, H, N, C, V]
+        if S is None:
+            S = q.new_zeros(B, H, K, V)
+        states, u_new = [], []
+        # unbind rather than index: per-chunk indexing would zero-fill a full-size gradient
+        # per chunk
+        for u_n, w_n, k_n, d_n in zip(u.unbind(2), w.unbind(2), k_end.unbind(2),
+                                      chunk_decay.unbind(2)):
+            states.append(S)
+            u_n = u_n - w_n @ S  # [B, H, C, V]
+            u_new.append(u_n)
+            S = S * d_n + k_n.transpose(-1, -2) @ u_n
+        S_in = torch.stack(states, dim=2)  # [B, H, N, K, V]
+        u_new = torch.stack(u_new, dim=2)  # [B, H, N, C, V]
 
     attn = q @ k.transpose(-1, -2) * G  # G is zero above the diagonal
     o = matmul_add(attn @ u_new, q * gamma, S_in)  # attn u_new + (q gamma) S_in

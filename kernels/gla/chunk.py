@@ -14,7 +14,7 @@ Between chunks the state is carried by one element-wise update per chunk.
 import torch
 from einops import rearrange
 
-from ..utils import as_float, default_scale, matmul_add, pad_time, to_chunks
+from ..utils import as_float, default_scale, float32_region, matmul_add, pad_time, to_chunks
 
 
 def chunk_gla(
@@ -28,7 +28,9 @@ def chunk_gla(
     chunk_size: int = 8,
     sub_chunk_size: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Same contract as `naive_gla`; computes in float32, returns o in v's dtype.
+    """Same contract as `naive_gla`; computes in float32, returns o in v's dtype. Under autocast
+    the decays and the state (each chunk's k^T v and the recurrence) stay in float32 and only the
+    output path runs in the autocast dtype (see utils.py).
 
     `chunk_size` must be a multiple of `sub_chunk_size`. The defaults (8, 4) were the fastest
     forward + backward on one CPU thread at the tiny preset's shapes (T=256 and T=64, K=V=32),
@@ -75,17 +77,19 @@ def chunk_gla(
         o = torch.cat([o[..., :c, :], matmul_add(o[..., c:, :], attn_off, v)], dim=-2)
 
     b_last = b[..., -1:, :]  # [B, H, N, 1, K]
-    # each chunk's contribution to the state at its end, and the chunk's total decay
-    kv = (k * (b_last - b).exp()).transpose(-1, -2) @ v  # [B, H, N, K, V]
-    chunk_decay = b_last.exp().transpose(-1, -2)  # [B, H, N, K, 1]
-    if S is None:
-        S = q.new_zeros(B, H, K, V)
-    states = []
-    # unbind rather than index: per-chunk indexing would zero-fill a full-size gradient per chunk
-    for kv_n, d_n in zip(kv.unbind(2), chunk_decay.unbind(2)):
-        states.append(S)
-        S = S * d_n + kv_n
-    S_in = torch.stack(states, dim=2)  # [B, H, N, K, V]
+    chunk_decay = b_last.exp().transpose(-1, -2)  # [B, H, N, K, 1]: the chunk's total decay
+    with float32_region(q):
+        # each chunk's contribution to the state at its end
+        kv = (k * (b_last - b).exp()).transpose(-1, -2) @ v  # [B, H, N, K, V]
+        if S is None:
+            S = q.new_zeros(B, H, K, V)
+        states = []
+        # unbind rather than index: per-chunk indexing would zero-fill a full-size gradient
+        # per chunk
+        for kv_n, d_n in zip(kv.unbind(2), chunk_decay.unbind(2)):
+            states.append(S)
+            S = S * d_n + kv_n
+        S_in = torch.stack(states, dim=2)  # [B, H, N, K, V]
 
     o = matmul_add(o, q * b.exp(), S_in)  # o + (q exp(b)) S_in
     o = rearrange(o, "b h n c d -> b (n c) h d")[:, :T]

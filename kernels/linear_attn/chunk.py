@@ -3,7 +3,7 @@
 import torch
 from einops import rearrange
 
-from ..utils import as_float, causal_mask, default_scale, matmul_add, to_chunks
+from ..utils import as_float, causal_mask, default_scale, float32_region, matmul_add, to_chunks
 
 
 def chunk_linear_attn(
@@ -18,7 +18,8 @@ def chunk_linear_attn(
     """Same contract as `naive_linear_attn`; computes in float32, returns o in v's dtype.
 
     Without decay the state entering chunk n is a prefix sum of per-chunk k^T v, so no
-    sequential loop is needed at all.
+    sequential loop is needed at all. Under autocast the states stay in float32 and only the
+    output path (q k^T, q S, attn v) runs in the autocast dtype (see utils.py).
     """
     B, T, H, K = q.shape
     dtype = v.dtype
@@ -30,7 +31,8 @@ def chunk_linear_attn(
     q, k, v = (to_chunks(x, C) for x in (q, k, v))
     q = q * scale
 
-    kv = k.transpose(-1, -2) @ v  # [B, H, N, K, V]
+    with float32_region(q):
+        kv = k.transpose(-1, -2) @ v  # [B, H, N, K, V]
     S = kv.cumsum(dim=2)  # state after each chunk
     if h0 is not None:
         S = S + h0[:, :, None]

@@ -120,7 +120,10 @@ def old_tree(ref: str, dest: Path) -> Path:
     """evolve/ and kernels/ of `ref` under dest, laid out as installed: dest/evolve/kernels."""
     archive = git("archive", "--format=tar", ref, "evolve", "kernels")
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    (dest / "kernels").rename(dest / "evolve" / "kernels")
+    # Older refs kept the whole package in kernels/; newer ones keep only the op folders there.
+    (dest / "evolve" / "kernels").mkdir(exist_ok=True)
+    for entry in (dest / "kernels").iterdir():
+        entry.rename(dest / "evolve" / "kernels" / entry.name)
     return dest
 
 
@@ -165,6 +168,14 @@ def bench_steps(ref: str, mixers: list[str], tracks: list[str], repeats: int,
 
 
 # ---------------------------------------------------------------- pieces, in this process
+
+def kernels_file(ref: str, name: str) -> str:
+    """Where evolve.kernels' module `name` lives at `ref` (kernels/ before the move to evolve/)."""
+    new = f"evolve/kernels/{name}"
+    found = subprocess.run(["git", "cat-file", "-e", f"{ref}:{new}"], cwd=ROOT,
+                           capture_output=True).returncode == 0
+    return new if found else f"kernels/{name}"
+
 
 def load_old(ref: str, path: str, name: str, package: str | None = None) -> ModuleType:
     """The file `path` at `ref` as a module `name` (in `package`, for relative imports)."""
@@ -222,7 +233,7 @@ def piece_cases(ref: str) -> list[tuple[str, str, Callable, Callable, Callable[[
             else:
                 cases.append((op, f"{track} [{B},{T},{H},{D}]", old_fn, new_fn,
                               attn_inputs(op, B, T, H, D)))
-    old_modules = load_old(ref, "kernels/modules.py", "evolve.kernels._ref_modules",
+    old_modules = load_old(ref, kernels_file(ref, "modules.py"), "evolve.kernels._ref_modules",
                            package="evolve.kernels")
     for track, (B, T, H, D) in heads.items():
         def make_l2(B=B, T=T, H=H, D=D):

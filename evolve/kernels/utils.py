@@ -1,4 +1,12 @@
-"""Helpers shared by the chunked kernels: padding over time and float32 promotion."""
+"""Helpers shared by the chunked kernels: padding over time and float32 promotion.
+
+Precision under torch.autocast: the kernels promote their inputs to float32, but autocast would
+still run every matmul in bfloat16 and return bfloat16. Everything that feeds a state (the
+chunk-to-chunk recurrence, each chunk's k^T v, the delta rules' WY solve and its matrix) is
+therefore computed inside `float32_region`, as fla keeps its states, decays and the WY inverse
+in float32; the output path (scores q k^T and their products with values and states) follows
+autocast. Without autocast this changes nothing.
+"""
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +30,24 @@ def pad_time(x: torch.Tensor, multiple: int) -> torch.Tensor:
 def as_float(*xs: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
     """Promotes every tensor to float32 (None passes through)."""
     return tuple(None if x is None else x.float() for x in xs)
+
+
+def float32_region(like: torch.Tensor) -> torch.autocast:
+    """A context in which autocast is off on `like`'s device: matmuls inside run in their inputs'
+    dtype (float32 in the kernels) and return it, even when the caller runs under autocast."""
+    return torch.autocast(like.device.type, enabled=False)
+
+
+def solve_unit_lower(A: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """X with (I + tril(A, -1)) X = rhs, batched over the leading dims, in float32.
+
+    solve_triangular(upper=False, unitriangular=True) reads only A's strict lower triangle and
+    gives the rest no gradient, so A needs no masking and no identity added. It has no bfloat16
+    kernel on CPU and refuses mixed dtypes, hence the promotion, with autocast off.
+    """
+    with float32_region(A):
+        return torch.linalg.solve_triangular(A.float(), rhs.float(), upper=False,
+                                             unitriangular=True)
 
 
 def default_scale(scale: float | None, head_dim: int) -> float:

@@ -3,7 +3,7 @@
 Backends:
 - "naive": the float32 token-by-token references (kernels/<op>/naive.py); slow, for checking.
 - "chunk": the chunked PyTorch forms (kernels/<op>/chunk.py); any device, the CPU default.
-- "fla":   flash-linear-attention's Triton chunk kernels (kernels/fla_ops.py); CUDA only.
+- "fla":   flash-linear-attention's Triton chunk kernels (evolve/kernels/fla_ops.py); CUDA only.
 By default a call on CUDA tensors uses fla when it imports and its kernel can serve the call
 (fla_ops.unsupported lists the known failures), and "chunk" otherwise, with a warning once per
 reason. The environment variable EVOLVE_KERNEL_BACKEND=naive|chunk|fla forces one (read at
