@@ -96,6 +96,18 @@ MAKERS = {
 }
 
 
+def under_autocast(fn: Callable, device_type: str = "cpu",
+                   dtype: torch.dtype = torch.bfloat16) -> Callable:
+    """`fn` with its forward run under torch.autocast (the backward then follows the dtypes that
+    autocast chose, as in training)."""
+
+    def run(**kwargs):
+        with torch.autocast(device_type, dtype=dtype):
+            return fn(**kwargs)
+
+    return run
+
+
 def run_with_grads(fn: Callable, inputs: dict[str, torch.Tensor], seed: int = 1, **kwargs):
     """Runs `fn` with a final state, back-propagates fixed random cotangents through the output
     and the final state, and returns (output, final state, {input name: gradient})."""

@@ -167,3 +167,26 @@ def test_train_job_under_submitit_requeues_on_usr2(tmp_path: Path) -> None:
     assert steps == list(range(1, 201))
     assert any(r.get("event") == "resume" for r in rows)
     assert os.path.exists(cand / "result.json")
+
+
+@pytest.mark.slow
+def test_bf16_training_through_the_cli(tmp_path: Path) -> None:
+    # issue 14: precision bf16 on CPU (autocast in the torch engine) failed in the delta rule's
+    # triangular solve ("triangular_solve_cpu" not implemented for 'BFloat16')
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(
+        "runtime:\n  precision: bf16\n"
+        "mqar:\n  max_steps: 4\n  batch_size: 16\n  log_every: 2\n  checkpoint_every: 1000\n"
+        "mqar_task:\n  num_eval_examples: 64\n")
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [PYTHON, "-m", "evolve.cli", "train", "--mixer", "deltanet", "--preset", "tiny",
+         "--tracks", "mqar", "--config", str(cfg_file), "--out", str(out), "--json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "ok", result.get("traceback")
+    assert result["config"]["runtime"]["precision"] == "bf16"
+    assert 0 <= result["metrics"]["mqar_acc"] <= 1
+    losses = [r["loss"] for r in metrics(out) if "loss" in r]
+    assert len(losses) == 2 and all(0 < loss < 10 for loss in losses), losses

@@ -52,17 +52,17 @@ def chunk_gated_delta_rule(
         torch.ones(C, C, dtype=torch.bool, device=b.device).triu(1), float("-inf"))
     G = (b[..., :, None] - b[..., None, :] + upper_inf).exp()  # [B, H, N, C, C], 0 above diag
 
-    gamma = b.exp()[..., None]  # [B, H, N, C, 1]
-    # keys decayed to the chunk's end, and the whole chunk's decay, for the state update
-    b_last = b[..., -1:]  # [B, H, N, 1]
-    k_end = k * (b_last - b).exp()[..., None]  # [B, H, N, C, K]
-    chunk_decay = b_last.exp()[..., None]  # [B, H, N, 1, 1]
     with float32_region(q):
         k_beta = k * beta
         # A = beta K K^T * G; the solve reads only its strict lower triangle: I + tril(A, -1)
         A = k_beta @ k.transpose(-1, -2) * G  # [B, H, N, C, C]
+        gamma = b.exp()[..., None]  # [B, H, N, C, 1]
         wu = solve_unit_lower(A, torch.cat([k_beta * gamma, v * beta], dim=-1))
         w, u = wu[..., :K], wu[..., K:]  # [B, H, N, C, K], [B, H, N, C, V]
+        # keys decayed to the chunk's end, and the whole chunk's decay, for the state update
+        b_last = b[..., -1:]  # [B, H, N, 1]
+        k_end = k * (b_last - b).exp()[..., None]  # [B, H, N, C, K]
+        chunk_decay = b_last.exp()[..., None]  # [B, H, N, 1, 1]
 
         if S is None:
             S = q.new_zeros(B, H, K, V)
