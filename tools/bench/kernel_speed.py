@@ -7,9 +7,9 @@ Compares, at T=1024, B=4, H=4, K=V=32 by default:
 - on CUDA (--device cuda), also the dispatcher's default there (fla's Triton kernels).
 
 Run from the repository root:
-    .venv/bin/python tools/bench/kernels.py               # CPU, writes bench-out/kernels.json
-    .venv/bin/python tools/bench/kernels.py --repeats 5 --out /tmp/k.json --ops delta_rule gla
-    python tools/bench/kernels.py --device cuda --T 4096          # on a GPU machine
+    .venv/bin/python tools/bench/kernel_speed.py               # CPU, writes bench-out/kernels.json
+    .venv/bin/python tools/bench/kernel_speed.py --repeats 5 --out /tmp/k.json --ops delta_rule gla
+    python tools/bench/kernel_speed.py --device cuda --T 4096          # on a GPU machine
 
 Each timing is the minimum and the median of --repeats runs after one warm-up run; the naive
 references run --naive-repeats times without warm-up (they take seconds each). The speed-up
