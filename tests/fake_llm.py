@@ -21,7 +21,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from evolve.llm.config import LLMConfig
+from evolve.agents.llm_config import LLMConfig
 
 
 class FakeLLM:

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import submitit
 
-from evolve.store import CandidatePaths, atomic_write_json, read_json
+from evolve.state.store import CandidatePaths, atomic_write_json, read_json
 
 NUM_CANDIDATES = 4
 
@@ -97,8 +97,8 @@ def drive(argv: list[str]) -> int:
     """A driver-like process: submit one generation and poll forever, or resume and collect."""
     import argparse
 
-    from evolve.launch import LaunchConfig, Launcher
-    from evolve.store import Store
+    from evolve.launch.launcher import LaunchConfig, Launcher
+    from evolve.state.store import Store
 
     p = argparse.ArgumentParser()
     p.add_argument("run")
@@ -152,7 +152,7 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def launch_config(executor: str, **kw: Any) -> Any:
-    from evolve.launch import LaunchConfig
+    from evolve.launch.launcher import LaunchConfig
 
     base = dict(executor=executor, timeout_min=5, signal_delay_s=30, poll_s=0.5, lost_after_s=20,
                 result_grace_s=5, cpus_per_task=1, array_parallelism=4)
@@ -161,7 +161,7 @@ def launch_config(executor: str, **kw: Any) -> Any:
 
 
 def new_run(root: Any, n: int) -> tuple[Any, list[str]]:
-    from evolve.store import Store
+    from evolve.state.store import Store
 
     store = Store.create(root, {"test": True})
     cids = [store.new_candidate(generation=0) for _ in range(n)]
@@ -184,7 +184,7 @@ def wait_for(cond: Any, timeout_s: float, what: str) -> None:
 
 def cleanup(store: Any) -> None:
     """Cancel whatever jobs of this run still live (a failed test must not leave jobs behind)."""
-    from evolve.scheduler import local_job_info
+    from evolve.launch.job_state import local_job_info
 
     ids = {e["job_id"]: e.get("executor") for e in events(store, "submitted")}
     for job_id, executor in ids.items():
@@ -207,7 +207,7 @@ def subprocess_run(cmd: list[str]) -> str:
 
 def scenario_generation(root: Any, executor: str, steps: int = 6) -> Any:
     """Four candidates as one array: every result arrives, every metric step exactly once."""
-    from evolve.launch import Launcher
+    from evolve.launch.launcher import Launcher
 
     store, cids = new_run(root, NUM_CANDIDATES)
     launcher = Launcher(store, launch_config(executor))
@@ -232,7 +232,7 @@ def scenario_generation(root: Any, executor: str, steps: int = 6) -> Any:
 
 def scenario_requeue(root: Any, executor: str, steps: int = 8) -> Any:
     """USR2 mid-training: the job checkpoints, is requeued and finishes; no step runs twice."""
-    from evolve.launch import Launcher
+    from evolve.launch.launcher import Launcher
 
     store, cids = new_run(root, 1)
     cid = cids[0]
@@ -282,7 +282,7 @@ def read_log_line(log: Any, prefix: str) -> dict[str, Any] | None:
 def scenario_driver_killed(root: Any, executor: str, *, crash_after_sbatch: bool = False) -> Any:
     """The driver dies by SIGKILL while its array runs (or right after sbatch, before any id was
     recorded); a restarted driver collects the same jobs and submits nothing again."""
-    from evolve.store import Store
+    from evolve.state.store import Store
 
     run = os.path.join(str(root), "run")
     first_log, second_log = os.path.join(str(root), "d1.log"), os.path.join(str(root), "d2.log")
@@ -327,7 +327,7 @@ def scenario_driver_killed(root: Any, executor: str, *, crash_after_sbatch: bool
 
 def scenario_failure(root: Any, executor: str) -> Any:
     """A task that raises leaves its traceback and log tail in the candidate folder."""
-    from evolve.launch import Launcher
+    from evolve.launch.launcher import Launcher
 
     store, cids = new_run(root, 2)
     launcher = Launcher(store, launch_config(executor))

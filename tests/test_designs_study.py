@@ -1,6 +1,6 @@
 """tools/study/designs.py: a run's trainings pooled by design and compared with its baselines.
 
-The run folder is real (evolve.store.Store); its result.json files are written here in the
+The run folder is real (evolve.state.store.Store); its result.json files are written here in the
 format the trainer writes, because the tool only reads them and real trainings of several
 seeds would take minutes each.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from evolve.store import Store
+from evolve.state.store import Store
 from study_tools import STUDY, load_study_tool
 
 def _add(store: Store, proposal: dict, seed: int, bpb: float, mqar16: float,

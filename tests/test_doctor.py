@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from evolve.doctor import LEVELS, check_llm, check_locks, main_doctor
-from evolve.store import Store
+from evolve.cli.doctor import LEVELS, check_llm, check_locks, main_doctor
+from evolve.state.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["python", "torch", "kernels", "slurm", "sacct", "llm", "locks", "data", "olmo_eval",
@@ -66,7 +66,7 @@ def server() -> Iterator[int]:
 def test_command_json_fails_on_an_endpoint_that_is_gone(tmp_path: Path) -> None:
     port = closed_port()
     run = new_run(tmp_path, {"host": "127.0.0.1", "port": port, "key": KEY, "model": "m"})
-    proc = subprocess.run([sys.executable, "-m", "evolve.cli", "doctor", "--run", str(run),
+    proc = subprocess.run([sys.executable, "-m", "evolve.cli.main", "doctor", "--run", str(run),
                            "--json"], cwd=REPO, capture_output=True, text=True, timeout=120)
     report = json.loads(proc.stdout)
     assert [c["name"] for c in report["checks"]] == NAMES

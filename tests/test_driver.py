@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evolve.board import leaderboard, status
-from evolve.config import load_run_config
-from evolve.driver import Driver
-from evolve.store import Store
+from evolve.views.board import leaderboard, status
+from evolve.search.run_config import load_run_config
+from evolve.search.driver import Driver
+from evolve.state.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -142,7 +142,7 @@ def test_stop_file_ends_the_loop_cleanly(tmp_path: Path) -> None:
 
 
 def _driver_proc(config: Path, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "evolve.cli", "run", str(config)], cwd=cwd,
+    return subprocess.Popen([sys.executable, "-m", "evolve.cli.main", "run", str(config)], cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=False)
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from evolve.data import DataConfig, load_data
-from evolve.evaluate import (
+from evolve.train.data import DataConfig, load_data
+from evolve.train.evaluate import (
     EvalConfig,
     EvalDataError,
     bits_per_byte,
@@ -22,8 +22,8 @@ from evolve.evaluate import (
     run_lm_eval,
     write_task_dir,
 )
-from evolve.mqar import MQARConfig
-from evolve.tokenizer import ByteTokenizer, train_bpe
+from evolve.train.mqar import MQARConfig
+from evolve.train.tokenizer import ByteTokenizer, train_bpe
 
 TEXT = "".join(f"Verse {i}: shall I compare thee to a summer's day?\n" for i in range(300))
 
@@ -135,7 +135,7 @@ def test_mqar_accuracy_per_pair_count() -> None:
 def test_torch_lm_scores_match_the_model() -> None:
     from lm_eval.api.instance import Instance
 
-    from evolve.lm_eval_adapter import TorchLM
+    from evolve.train.lm_eval_adapter import TorchLM
 
     torch.manual_seed(0)
     model = Bigram()

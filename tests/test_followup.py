@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evolve.config import FitnessConfig, load_run_config
-from evolve.driver import Driver
-from evolve.fitness import diff_ci
-from evolve.followup import ablation_table, ablation_variants, confirm, nearest_baseline
+from evolve.search.run_config import FitnessConfig, load_run_config
+from evolve.search.driver import Driver
+from evolve.search.fitness import diff_ci
+from evolve.search.followup import ablation_table, ablation_variants, confirm, nearest_baseline
 from evolve.model.space import BASELINE_SPECS
-from evolve.store import Store
+from evolve.state.store import Store
 
 from test_driver import check_invariants, mini_config
 
@@ -149,7 +149,7 @@ def test_verify_command_and_promotion(tmp_path: Path) -> None:
                for e in store.events())
     # `evolve verify RUN ID --seeds 2`: no driver runs, so the command runs it to completion.
     proposal = next(cid for cid, p in props.items() if p["kind"] == "proposal")
-    out = subprocess.run([sys.executable, "-m", "evolve.cli", "verify", str(cfg.run_dir),
+    out = subprocess.run([sys.executable, "-m", "evolve.cli.main", "verify", str(cfg.run_dir),
                           proposal, "--seeds", "2", "--ablate"], capture_output=True, text=True,
                          cwd=tmp_path, timeout=900)
     assert out.returncode == 0, out.stderr
@@ -161,12 +161,12 @@ def test_verify_command_and_promotion(tmp_path: Path) -> None:
     assert ablation["chosen"] == "named in ablation.json (`evolve verify --ablate`)"
     assert len(ablation["table"]) == sum(1 for row in ablation["plan"] if not row["note"])
     assert all(f"without its {row['field']} change" in out.stdout for row in ablation["table"])
-    bad = subprocess.run([sys.executable, "-m", "evolve.cli", "verify", str(cfg.run_dir),
+    bad = subprocess.run([sys.executable, "-m", "evolve.cli.main", "verify", str(cfg.run_dir),
                           "c999999"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "c999999" in bad.stderr
     # A STOP file left in the run stops the command's driver: it says so and how to go on.
     (cfg.run_dir / "STOP").touch()
-    stopped = subprocess.run([sys.executable, "-m", "evolve.cli", "verify", str(cfg.run_dir),
+    stopped = subprocess.run([sys.executable, "-m", "evolve.cli.main", "verify", str(cfg.run_dir),
                               proposal, "--seeds", "3"], capture_output=True, text=True,
                              cwd=tmp_path, timeout=900)
     assert stopped.returncode == 1
@@ -177,7 +177,7 @@ def test_verify_command_and_promotion(tmp_path: Path) -> None:
     frozen = yaml.safe_load((cfg.run_dir / "run.yaml").read_text())
     frozen["search"]["max_candidates"] = "many"
     (cfg.run_dir / "run.yaml").write_text(yaml.safe_dump(frozen))
-    refused = subprocess.run([sys.executable, "-m", "evolve.cli", "verify", str(cfg.run_dir),
+    refused = subprocess.run([sys.executable, "-m", "evolve.cli.main", "verify", str(cfg.run_dir),
                               proposal, "--seeds", "4"], capture_output=True, text=True,
                              cwd=tmp_path, timeout=900)
     assert refused.returncode == 2 and "search.max_candidates" in refused.stderr
@@ -188,7 +188,7 @@ def test_verify_command_and_promotion(tmp_path: Path) -> None:
 
 
 def test_fitness_at_a_harder_pair_count() -> None:
-    from evolve.fitness import Reference, fitness
+    from evolve.search.fitness import Reference, fitness
 
     def res(acc8: float, acc16: float) -> dict:
         return {"status": "ok", "metrics": {"bpb": 2.7, "mqar_acc": acc8,
@@ -202,7 +202,7 @@ def test_fitness_at_a_harder_pair_count() -> None:
 
 
 def test_versus_another_baseline() -> None:
-    from evolve.followup import versus
+    from evolve.search.followup import versus
 
     ref = [ok(2.70, 0.9), ok(2.72, 0.9)]
     gdn = [ok(2.62, 0.9), ok(2.63, 0.9), ok(2.64, 0.9)]

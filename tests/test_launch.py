@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import jobs_for_tests as jt
-from evolve.launch import Launcher, LaunchConfig, SubmissionError
-from evolve.store import StateError, read_json
+from evolve.launch.launcher import Launcher, LaunchConfig, SubmissionError
+from evolve.state.store import StateError, read_json
 
 
 @pytest.fixture(autouse=True)

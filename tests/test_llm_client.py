@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from evolve.llm.client import LLMClient, record_call
-from evolve.llm.config import LLMConfig
-from evolve.llm.parse import extract_code, extract_json
+from evolve.agents.client import LLMClient, record_call
+from evolve.agents.llm_config import LLMConfig
+from evolve.agents.parse import extract_code, extract_json
 from fake_llm import FakeLLM
 
 MESSAGES = [{"role": "user", "content": "hi"}]

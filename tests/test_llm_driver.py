@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evolve.agents import Agents, NoModel
-from evolve.config import load_run_config
-from evolve.driver import Driver
-from evolve.store import Store
+from evolve.search.llm_roles import Agents, NoModel
+from evolve.search.run_config import load_run_config
+from evolve.search.driver import Driver
+from evolve.state.store import Store
 
 from test_driver import check_invariants, mini_config
 from test_llm_server import require_llama_cpp
@@ -95,7 +95,7 @@ def test_the_command_line_names_the_missing_model(tmp_path: Path) -> None:
     import sys
 
     path = config(tmp_path, proposer="llm", serve_local=False)
-    out = subprocess.run([sys.executable, "-m", "evolve.cli", "run", str(path)],
+    out = subprocess.run([sys.executable, "-m", "evolve.cli.main", "run", str(path)],
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2
     assert "search.proposer=llm but no model server answers" in out.stderr

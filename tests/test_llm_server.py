@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from evolve.checks import check_file
-from evolve.cognition import Cognition, CognitionConfig
-from evolve.llm.analyzer import analysis_schema, analyze
-from evolve.llm.client import LLMClient, record_call
-from evolve.llm.engineer import repair
-from evolve.llm.parse import extract_json, schema_errors
-from evolve.llm.researcher import propose
-from evolve.llm.server import LocalServer
+from evolve.gates.check import check_file
+from evolve.agents.cognition import Cognition, CognitionConfig
+from evolve.agents.analyzer import analysis_schema, analyze
+from evolve.agents.client import LLMClient, record_call
+from evolve.agents.engineer import repair
+from evolve.agents.parse import extract_json, schema_errors
+from evolve.agents.researcher import propose
+from evolve.agents.server import LocalServer
 from evolve.model.render import render
 from evolve.model.space import BASELINE_SPECS
 
@@ -126,7 +126,7 @@ def test_engineer_round_on_a_planted_shape_error(server, tmp_path):
 def test_serve_command_writes_a_private_endpoint(tmp_path):
     require_llama_cpp()
     endpoint = tmp_path / "llm" / "endpoint.json"
-    process = subprocess.Popen([sys.executable, "-c", "import sys; from evolve.llm.server import "
+    process = subprocess.Popen([sys.executable, "-c", "import sys; from evolve.agents.server import "
                                 "main_serve; sys.exit(main_serve(sys.argv[1:]))", "--endpoint",
                                 str(endpoint), "--n-ctx", "512"],
                                stdout=subprocess.PIPE, text=True)

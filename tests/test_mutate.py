@@ -23,7 +23,7 @@ from evolve.model.edits import (
 )
 from evolve.model.render import render, spec_from_source
 from evolve.model.space import BASELINE_SPECS, FIELDS, OPTIONS, MixerSpec
-from evolve.mutate import MutatorConfig, propose
+from evolve.search.mutator import MutatorConfig, propose
 
 BASELINES = list(BASELINE_SPECS.values())
 
@@ -73,7 +73,7 @@ def test_the_mutator_needs_no_torch() -> None:
     code = ("import random, sys\n"
             "from evolve.model.space import BASELINE_SPECS\n"
             "from evolve.model.render import render\n"
-            "from evolve.mutate import propose\n"
+            "from evolve.search.mutator import propose\n"
             "kids = propose(list(BASELINE_SPECS.values()), random.Random(0), 20)\n"
             "[render(k.spec) for k in kids]\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n")

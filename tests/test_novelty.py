@@ -9,8 +9,8 @@ import pytest
 
 from evolve.model.render import render
 from evolve.model.space import BASELINE_SPECS
-from evolve.mutate import propose
-from evolve.novelty import NoveltyConfig, NoveltyIndex, code_hash, lexical_embed, normalize_code
+from evolve.search.mutator import propose
+from evolve.gates.novelty import NoveltyConfig, NoveltyIndex, code_hash, lexical_embed, normalize_code
 
 SOURCE = '''"""A mixer."""
 import torch.nn as nn

@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from evolve.checks import CheckConfig
+from evolve.gates.check import CheckConfig
 from evolve.model.render import spec_from_source
 from evolve.model.space import BASELINE_SPECS, FIELDS, OPTIONS, MixerSpec
-from evolve.proposers import ArchiveEntry, Proposer
-from evolve.random_search import RandomProposer
-from evolve.static_gates import imports_gate, parse_gate
+from evolve.search.proposers import ArchiveEntry, Proposer
+from evolve.search.random_search import RandomProposer
+from evolve.gates.static import imports_gate, parse_gate
 
 
 def _archive() -> list[ArchiveEntry]:

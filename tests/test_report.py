@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evolve.board import leaderboard, print_candidate, print_status, print_top, status
-from evolve.cognition import Cognition, CognitionConfig
-from evolve.config import load_run_config
-from evolve.driver import Driver
-from evolve.fsio import read_json
-from evolve.report import esc, pareto_front, write_report
-from evolve.store import Store
+from evolve.views.board import leaderboard, print_candidate, print_status, print_top, status
+from evolve.agents.cognition import Cognition, CognitionConfig
+from evolve.search.run_config import load_run_config
+from evolve.search.driver import Driver
+from evolve.state.fsio import read_json
+from evolve.views.report import esc, pareto_front, write_report
+from evolve.state.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -156,12 +156,12 @@ def test_model_written_text_is_escaped_and_failures_are_counted(run: Path,
 def test_cli_writes_the_report_into_the_run(run: Path, tmp_path: Path) -> None:
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("*.pt", "jobs"))
-    proc = subprocess.run([sys.executable, "-m", "evolve.cli", "report", str(copy)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "evolve.cli.main", "report", str(copy)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     index = copy / "report" / "index.html"
     assert proc.stdout.strip() == str(index) and index.is_file()
-    bad = subprocess.run([sys.executable, "-m", "evolve.cli", "report", str(tmp_path / "nope")],
+    bad = subprocess.run([sys.executable, "-m", "evolve.cli.main", "report", str(tmp_path / "nope")],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "not an evolve run" in bad.stderr
 
@@ -176,8 +176,8 @@ def test_escape_and_pareto_front() -> None:
 
 
 # ---- follow-ups, confirmations, ablation and the model, on a synthetic run ------------------
-# The files are written as evolve/driver.py writes them (proposal.json kinds, confirmation.json
-# from evolve.followup.confirm, ablation.json, llm/<role>-<n>.json), without training anything.
+# The files are written as evolve/search/driver.py writes them (proposal.json kinds, confirmation.json
+# from evolve.search.followup.confirm, ablation.json, llm/<role>-<n>.json), without training anything.
 
 MODEL_SOURCE = "local llama.cpp smollm2 at http://127.0.0.1:8080"
 

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from evolve.checks import CheckConfig
-from evolve.llm.analyzer import analysis_schema, analyze
-from evolve.llm.client import LLMClient, grammar_friendly
-from evolve.llm.engineer import repair
-from evolve.llm.prompts import build, curve_summary, template
-from evolve.llm.researcher import propose
-from evolve.llm.summarizer import fit_lines, summarize
+from evolve.gates.check import CheckConfig
+from evolve.agents.analyzer import analysis_schema, analyze
+from evolve.agents.client import LLMClient, grammar_friendly
+from evolve.agents.engineer import repair
+from evolve.agents.prompts import build, curve_summary, template
+from evolve.agents.researcher import propose
+from evolve.agents.summarizer import fit_lines, summarize
 from evolve.model.render import render
 from evolve.model.space import BASELINE_SPECS, MixerSpec
-from evolve.static_gates import imports_gate, parse_gate
+from evolve.gates.static import imports_gate, parse_gate
 from fake_llm import FakeLLM
 
 PARENT_SPEC = BASELINE_SPECS["deltanet"]
@@ -108,7 +108,7 @@ def test_already_tried_design_is_rejected(fake):
 
 
 def test_server_down_is_a_failed_proposal():
-    from evolve.llm.config import LLMConfig
+    from evolve.agents.llm_config import LLMConfig
 
     config = LLMConfig(base_url="http://127.0.0.1:9/v1", api_key="k", model="m",
                        max_retries=0, attempts=1, timeout_s=1)

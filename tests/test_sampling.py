@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from evolve.journal import CandidateState
-from evolve.sampling import SamplingConfig, island_of, sample
+from evolve.state.journal import CandidateState
+from evolve.search.sampling import SamplingConfig, island_of, sample
 
 
 def archive(fits: list[float | None], **kw: object) -> list[CandidateState]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evolve.store import Store
+from evolve.state.store import Store
 from study_tools import load_study_tool
 
 def tiny_config(tmp_path: Path) -> Path:
@@ -61,7 +61,7 @@ def test_a_method_the_driver_refuses_is_recorded_and_the_rest_goes_on(
 
 def test_run_config_names_the_method() -> None:
     study = load_study_tool("search")
-    from evolve.config import default_run_config
+    from evolve.search.run_config import default_run_config
 
     base = default_run_config()
     for method in ("mutator", "llm", "random"):

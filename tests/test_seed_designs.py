@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evolve.board import leaderboard
-from evolve.config import load_run_config
-from evolve.configio import ConfigError
-from evolve.driver import Driver
+from evolve.views.board import leaderboard
+from evolve.search.run_config import load_run_config
+from evolve.config.loading import ConfigError
+from evolve.search.driver import Driver
 from evolve.model.space import BASELINE_SPECS
-from evolve.seed_designs import seed_design
-from evolve.store import Store, read_json
+from evolve.search.seed_designs import seed_design
+from evolve.state.store import Store, read_json
 from test_driver import mini_config
 
 GDN_VARIANT = {"base": "gated_deltanet", "decay_param": "logsigmoid", "out_gate": "none",

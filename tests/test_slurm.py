@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 import jobs_for_tests as jt
-from evolve.launch import Launcher, SubmissionError, sbatch_script
-from evolve.scheduler import array_master, slurm_job_infos
-from evolve.store import read_json
+from evolve.launch.launcher import Launcher, SubmissionError, sbatch_script
+from evolve.launch.job_state import array_master, slurm_job_infos
+from evolve.state.store import read_json
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[1]
@@ -190,7 +190,7 @@ def test_gpu_hours_wait_for_a_lagging_sacct(tmp_path: Path, monkeypatch: pytest.
 
 
 FAKE_DRIVER = """#!/bin/bash
-# Stands in for `python -m evolve.cli run CONFIG`: the first start runs until USR1, then stops
+# Stands in for `python -m evolve.cli.main run CONFIG`: the first start runs until USR1, then stops
 # cleanly; the second start finds the run finished.
 echo "start $* restart=${SLURM_RESTART_COUNT:-0}" >> "%(calls)s"
 if [ "$(grep -c ^start "%(calls)s")" = 1 ]; then
@@ -225,8 +225,8 @@ def test_driver_sbatch_requeues_itself_on_the_time_signal(tmp_path: Path) -> Non
     finally:
         subprocess.run(["scancel", job], timeout=30)
     lines = calls.read_text().splitlines()
-    assert lines == ["start -m evolve.cli run my-run.yaml restart=0", "stop USR1",
-                     "start -m evolve.cli run my-run.yaml restart=1", "finished"]
+    assert lines == ["start -m evolve.cli.main run my-run.yaml restart=0", "stop USR1",
+                     "start -m evolve.cli.main run my-run.yaml restart=1", "finished"]
     assert slurm_job_infos([job])[job].runs == 2
     log = (tmp_path / f"evolve-driver-{job}.out").read_text()
     assert "requeueing job" in log and "got SIGUSR1" in log
@@ -238,8 +238,8 @@ def test_llm_server_job_announces_and_cleans_up(tmp_path: Path,
         pytest.skip("llm.sbatch asks for a GPU and this cluster's nodes have none")
     from test_slurm_scripts import check_endpoint, fake_vllm_python
 
-    from evolve.launch import submit_llm_server, wait_for_endpoint
-    from evolve.store import Store
+    from evolve.launch.launcher import submit_llm_server, wait_for_endpoint
+    from evolve.state.store import Store
 
     store = Store.create(tmp_path / "run", {"t": 1})
     # sbatch passes this environment on: the job serves with the stand-in for vLLM.
@@ -263,13 +263,13 @@ def test_llm_server_job_announces_and_cleans_up(tmp_path: Path,
 
 @pytest.mark.slow
 def test_real_train_job_requeues_and_resumes_on_slurm(tmp_path: Path) -> None:
-    """evolve.train.TrainJob at a tiny size through the launcher: USR2, requeue, no repeats."""
+    """evolve.train.job.TrainJob at a tiny size through the launcher: USR2, requeue, no repeats."""
     pytest.importorskip("torch")
     from dataclasses import replace
 
-    from evolve.configio import to_dict
-    from evolve.presets import tiny
-    from evolve.train import TrainJob
+    from evolve.config.loading import to_dict
+    from evolve.train.presets import tiny
+    from evolve.train.job import TrainJob
 
     cfg = tiny().only_tracks(["lm"])
     assert cfg.lm is not None

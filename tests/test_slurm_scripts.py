@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evolve.launch import LaunchConfig, sbatch_script, slurm_parameters
-from evolve.store import Store
+from evolve.launch.launcher import LaunchConfig, sbatch_script, slurm_parameters
+from evolve.state.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = [REPO / "slurm" / "driver.sbatch", REPO / "slurm" / "llm.sbatch",
@@ -82,7 +82,7 @@ def test_driver_script_asks_for_a_signal_and_requeues() -> None:
     text = (REPO / "slurm" / "driver.sbatch").read_text()
     assert "#SBATCH --signal=B:USR1@" in text and "#SBATCH --requeue" in text
     assert 'scontrol requeue "$SLURM_JOB_ID"' in text
-    assert '-m evolve.cli run "$CONFIG"' in text
+    assert '-m evolve.cli.main run "$CONFIG"' in text
 
 
 def test_sbatch_text_for_a_config(tmp_path: Path) -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from evolve.locks import LockTimeoutError
-from evolve.store import (ConfigMismatchError, JournalCorruptError, NotARunError, StateError,
+from evolve.state.locks import LockTimeoutError
+from evolve.state.store import (ConfigMismatchError, JournalCorruptError, NotARunError, StateError,
                           Store, StoreConfig, atomic_write_json, read_json)
 
 CONFIG = {"name": "t", "train": {"lr": 0.01, "steps": 10}, "launch": {"partition": "gpu"}}
@@ -210,7 +210,7 @@ def test_locked_read_modify_write_loses_no_update(store: Store, kind: str) -> No
 
 HOLDER = textwrap.dedent("""
     import os, signal, sys, time
-    from evolve.store import Store, StoreConfig
+    from evolve.state.store import Store, StoreConfig
     s = Store.open(sys.argv[1], StoreConfig(lock="soft"))
     lock = s.lock("cognition")
     lock.acquire()

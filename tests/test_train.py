@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from evolve.configio import to_dict
+from evolve.config.loading import to_dict
 from evolve.model.contract import BASELINE_NAMES
-from evolve.presets import TrainConfig, load_train_config, tiny
-from evolve.train import TrainJob, train_candidate
-from evolve.trainer import DeferredSignals
+from evolve.train.presets import TrainConfig, load_train_config, tiny
+from evolve.train.job import TrainJob, train_candidate
+from evolve.train.loop import DeferredSignals
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -95,7 +95,7 @@ def test_unknown_preset_and_key_name_the_valid_ones(tmp_path: Path) -> None:
 
 
 def _train_cmd(out: Path, cfg_file: Path) -> list[str]:
-    return [PYTHON, "-m", "evolve.cli", "train", "--mixer", "deltanet", "--preset", "tiny",
+    return [PYTHON, "-m", "evolve.cli.main", "train", "--mixer", "deltanet", "--preset", "tiny",
             "--config", str(cfg_file), "--out", str(out), "--json"]
 
 
@@ -180,7 +180,7 @@ def test_bf16_training_through_the_cli(tmp_path: Path) -> None:
         "mqar_task:\n  num_eval_examples: 64\n")
     out = tmp_path / "run"
     done = subprocess.run(
-        [PYTHON, "-m", "evolve.cli", "train", "--mixer", "deltanet", "--preset", "tiny",
+        [PYTHON, "-m", "evolve.cli.main", "train", "--mixer", "deltanet", "--preset", "tiny",
          "--tracks", "mqar", "--config", str(cfg_file), "--out", str(out), "--json"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -18,7 +18,7 @@ import argparse
 import sys
 import time
 
-from evolve.corpora import BUILTIN_CORPORA, CorpusError, default_data_dir, prepare_corpus
+from evolve.train.corpora import BUILTIN_CORPORA, CorpusError, default_data_dir, prepare_corpus
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"{name}: {path} ({path.stat().st_size:,} bytes, {time.time() - t0:.1f} s)")
         if args.shards:
-            from evolve.data import DataConfig, load_data
+            from evolve.train.data import DataConfig, load_data
 
             data = load_data(DataConfig(corpus=name, data_dir=str(data_dir)))
             print(f"  {data}")

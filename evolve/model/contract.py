@@ -2,7 +2,7 @@
 
 A mixer file defines ``class Mixer(nn.Module)`` with ``__init__(self, cfg: MixerConfig)`` and
 ``forward(x)`` mapping ``[B, T, D]`` to ``[B, T, D]``. It may import torch, einops, math and
-``evolve.kernels`` (the import gate in ``evolve.checks`` enforces that; this module only loads).
+``evolve.kernels`` (the import gate in ``evolve.gates.check`` enforces that; this module only loads).
 
     cls = load_mixer_class("deltanet")                 # a baseline, by name
     cls = load_mixer_class("state/run/candidates/c000042/mixer.py")
@@ -18,11 +18,13 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from evolve import EvolveError
+
 BASELINES_DIR = Path(__file__).parent / "baselines"
 BASELINE_NAMES = ("linear_attention", "deltanet", "gated_deltanet", "gla", "softmax")
 
 
-class MixerLoadError(ValueError):
+class MixerLoadError(EvolveError, ValueError):
     """A mixer file could not be loaded; the message names the file, the line and the cause."""
 
 

@@ -12,7 +12,7 @@ that render the same code compare and hash equal.
     spec_problems({...})                # what is wrong with a dict, without raising
 
 Rendering to code is `evolve.model.render`; edits for spec-mode proposals are
-`evolve.model.edits`; the model-free mutator is `evolve.mutate`. No torch here.
+`evolve.model.edits`; the model-free mutator is `evolve.search.mutator`. No torch here.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from evolve.configio import field_docs
+from evolve import EvolveError
+from evolve.config.loading import field_docs
 
 Value = str | int | float | None
 
@@ -134,7 +135,7 @@ OPTIONS: dict[str, dict[Value, str]] = {
 }
 
 
-class SpecError(ValueError):
+class SpecError(EvolveError, ValueError):
     """A spec is invalid; the message names each offending field and its valid choices."""
 
 

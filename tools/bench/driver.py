@@ -3,7 +3,7 @@
 Measures, in one run:
   1. the driver's own time per candidate: a demo-size search (local executor, mutator, two
      baselines, trainings cut to 2 steps) with every phase of `Driver.step()` timed by wrapping
-     the instance's methods (nothing in evolve/driver.py changes). Bookkeeping (polling jobs,
+     the instance's methods (nothing in evolve/search/driver.py changes). Bookkeeping (polling jobs,
      scoring, analysis by rules, proposing with the model-free mutator, submitting, stop checks)
      is reported apart from the CHECK gates (a sandbox subprocess per candidate), from the
      lesson merge into the cognition base (it embeds with MiniLM: a model call), from
@@ -19,7 +19,7 @@ Measures, in one run:
      cycle under 1% at the largest size too.
   3. candidates per hour with 1 and with 4 parallel workers: 8 trainings of fixed length (a
      checkpointable job that sleeps --job-seconds, writing a checkpoint each second) submitted
-     as one array through `evolve.launch.Launcher` on the local executor, at
+     as one array through `evolve.launch.launcher.Launcher` on the local executor, at
      array_parallelism 1 and 4. Goal: speed-up of at least 3.5x.
 
 Run from the repository root (on an idle 2-core machine about 10 minutes, most of it the tiny
@@ -157,8 +157,8 @@ def instrument(driver: Any, phases: Phases) -> Callable[[], None]:
 
 
 def measure_search(root: Path, candidates: int, poll_s: float) -> dict[str, Any]:
-    from evolve.config import load_run_config
-    from evolve.driver import Driver
+    from evolve.search.run_config import load_run_config
+    from evolve.search.driver import Driver
 
     cfg = load_run_config(search_config(root, candidates, poll_s))
     phases = Phases()
@@ -208,8 +208,8 @@ def measure_idle_at_scale(root: Path, size: int, poll_s: float, repeats: int = 5
     """One idle loop iteration (step + the two stop checks) of a driver whose archive holds
     `size` analyzed proposals: what the driver spends per poll while trainings run, late in a
     long search."""
-    from evolve.config import load_run_config
-    from evolve.driver import Driver
+    from evolve.search.run_config import load_run_config
+    from evolve.search.driver import Driver
 
     path = search_config(root / f"scale-{size}", size, poll_s)
     cfg = yaml.safe_load(path.read_text())
@@ -249,7 +249,7 @@ def measure_tiny(root: Path) -> tuple[float, float]:
     out = root / "tiny-deltanet"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "evolve.cli", "train", "--mixer", "deltanet",
+    proc = subprocess.run([sys.executable, "-m", "evolve.cli.main", "train", "--mixer", "deltanet",
                            "--preset", "tiny", "--out", str(out), "--json"], cwd=REPO,
                           capture_output=True, text=True)
     took = time.perf_counter() - t0
@@ -271,7 +271,7 @@ class SleepJob(submitit.helpers.Checkpointable):
         self.seconds = seconds
 
     def __call__(self, candidate_dir: str, train_cfg: dict[str, Any]) -> dict[str, Any]:
-        from evolve.store import CandidatePaths, atomic_write_json, read_json
+        from evolve.state.store import CandidatePaths, atomic_write_json, read_json
 
         paths = CandidatePaths.of(candidate_dir)
         ckpt = paths.train / "checkpoint.json"
@@ -289,8 +289,8 @@ class SleepJob(submitit.helpers.Checkpointable):
 
 
 def measure_workers(root: Path, workers: int, candidates: int, seconds: float) -> dict[str, Any]:
-    from evolve.launch import LaunchConfig, Launcher
-    from evolve.store import Store, read_json
+    from evolve.launch.launcher import LaunchConfig, Launcher
+    from evolve.state.store import Store, read_json
 
     store = Store.create(root / f"workers-{workers}", {"bench": "workers", "workers": workers})
     cids = [store.new_candidate(generation=0) for _ in range(candidates)]

@@ -19,7 +19,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from evolve.checks import GATES, CheckConfig, CheckReport, check_file
+from evolve.gates.check import GATES, CheckConfig, CheckReport, check_file
 from evolve.model.contract import BASELINE_NAMES
 
 BUDGET_S = 30.0

@@ -436,7 +436,7 @@ def train_config(a: argparse.Namespace, steps: int):
     DeepSpeed ZeRO-1 unchanged on CUDA); on CPU a tiny model of the same form."""
     from dataclasses import replace
 
-    from evolve.presets import explore
+    from evolve.train.presets import explore
 
     cfg = explore()
     assert cfg.lm is not None
@@ -459,7 +459,7 @@ def load_corpus(cfg, folder: Path):
     """The prepared corpus ($EVOLVE_DATA), never downloading; synthetic bytes otherwise."""
     from dataclasses import replace
 
-    from evolve.data import load_data
+    from evolve.train.data import load_data
 
     data_cfg = replace(cfg.data, auto_prepare=False)
     try:
@@ -491,11 +491,11 @@ def part_train(a: argparse.Namespace, mixer: str) -> dict:
     torch = _torch()
     from torch import nn
 
-    from evolve.engine import pick_device, use_deepspeed
+    from evolve.train.engines import pick_device, use_deepspeed
     from evolve.kernels import dispatch
     from evolve.model.contract import load_mixer_class
     from evolve.model.lm import LanguageModel, count_params
-    from evolve.trainer import DeferredSignals, run_track
+    from evolve.train.loop import DeferredSignals, run_track
 
     t0 = time.time()
     steps = a.steps

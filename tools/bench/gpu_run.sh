@@ -53,7 +53,7 @@ export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 # One process, one GPU: torch.distributed's variables, so DeepSpeed never looks for MPI.
-# MASTER_PORT is left to evolve.engine.ensure_distributed_env (a port per process id), so the
+# MASTER_PORT is left to evolve.train.engines.ensure_distributed_env (a port per process id), so the
 # trainings, one process each, never meet a port the previous one left in TIME_WAIT.
 export RANK=${RANK:-0} LOCAL_RANK=${LOCAL_RANK:-0} WORLD_SIZE=${WORLD_SIZE:-1}
 export MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}

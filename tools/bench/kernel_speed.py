@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 import evolve.kernels as kernels
-from evolve.fsio import atomic_write_json
+from evolve.state.fsio import atomic_write_json
 from evolve.kernels import dispatch
 
 OPS = ("linear_attn", "delta_rule", "gated_delta_rule", "gla", "short_conv")
@@ -174,10 +174,10 @@ def bench_op(op: str, args: argparse.Namespace) -> list[Row]:
 
 def tiny_step_rates(repeats: int) -> list[dict]:
     """Training tokens/s of one step of the tiny preset's lm model, for each baseline."""
-    from evolve.engine import lm_loss
+    from evolve.train.engines import lm_loss
     from evolve.model.contract import BASELINE_NAMES, load_mixer_class
     from evolve.model.lm import LanguageModel
-    from evolve.presets import tiny
+    from evolve.train.presets import tiny
 
     track = tiny().lm
     assert track is not None

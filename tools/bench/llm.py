@@ -27,12 +27,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from evolve.checks import check_file
-from evolve.cognition import Cognition, CognitionConfig
-from evolve.llm.client import LLMClient
-from evolve.llm.config import LLMConfig
-from evolve.llm.embed import minilm_available
-from evolve.llm.researcher import propose
+from evolve.gates.check import check_file
+from evolve.agents.cognition import Cognition, CognitionConfig
+from evolve.agents.client import LLMClient
+from evolve.agents.llm_config import LLMConfig
+from evolve.agents.retrieval import minilm_available
+from evolve.agents.researcher import propose
 from evolve.model.render import describe, render
 from evolve.model.space import BASELINE_SPECS
 
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.endpoint:
         config = LLMConfig(endpoint_file=args.endpoint, max_tokens=args.max_tokens)
     else:
-        from evolve.llm.server import LocalServer
+        from evolve.agents.server import LocalServer
 
         server = LocalServer(n_ctx=4096, n_threads=args.threads).start()
         config = server.config(max_tokens=args.max_tokens)

@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from evolve.fsio import atomic_write_json
+from evolve.state.fsio import atomic_write_json
 from evolve.model.render import render
 from evolve.model.space import BASELINE_SPECS
-from evolve.mutate import MutatorConfig, propose
+from evolve.search.mutator import MutatorConfig, propose
 
 GOAL_SECONDS = 1.0
 GOAL_COUNT = 100

@@ -32,9 +32,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from evolve.journal import replay_events
-from evolve.sampling import STRATEGIES, SamplingConfig, sample
-from evolve.store import Store, StoreConfig, atomic_write_json, read_json
+from evolve.state.journal import replay_events
+from evolve.search.sampling import STRATEGIES, SamplingConfig, sample
+from evolve.state.store import Store, StoreConfig, atomic_write_json, read_json
 
 GOAL_REPLAY_S = 1.0
 GOAL_SAMPLE_S = 0.050

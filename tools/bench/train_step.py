@@ -34,7 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-from evolve.fsio import atomic_write_json
+from evolve.state.fsio import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 # The last revision before the speed-up (1edc74f): the "old" side by default.
@@ -62,10 +62,10 @@ import evolve
 import evolve.kernels
 for module in (evolve, evolve.kernels):  # the tree asked for, not the installed one
     assert module.__file__.startswith(sys.argv[1]), module.__file__
-from evolve.engine import TorchEngine
+from evolve.train.engines import TorchEngine
 from evolve.model.contract import load_mixer_class
 from evolve.model.lm import LanguageModel
-from evolve.presets import tiny
+from evolve.train.presets import tiny
 
 cfg = tiny()
 engine = batch = None

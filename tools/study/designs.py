@@ -10,7 +10,7 @@ confirm_seeds seeds. This tool pools a run's trainings by design (the rendered m
 hash, so a replica and its original are one design, and two spellings of one spec that render
 different code are two) and compares every design that has at least --min-seeds seeds with
 every baseline, on bits per byte and on MQAR accuracy at --pairs key-value pairs (default: the
-run's fitness.mqar_pairs), with Welch 95% intervals (evolve.fitness.diff_ci). A seed trained
+run's fitness.mqar_pairs), with Welch 95% intervals (evolve.search.fitness.diff_ci). A seed trained
 twice for one design counts once (the first finished).
 
 It prints a table (+ is better for the design) and writes <out>/designs.json and designs.md.
@@ -25,9 +25,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from evolve.fitness import diff_ci, mean_ci, mqar_accuracy
-from evolve.fsio import read_json
-from evolve.store import Store
+from evolve.search.fitness import diff_ci, mean_ci, mqar_accuracy
+from evolve.state.fsio import read_json
+from evolve.state.store import Store
 
 
 def collect(run: Path, pairs: int | None) -> dict[str, dict[str, Any]]:

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from evolve.fitness import diff_ci, mean_ci
+from evolve.search.fitness import diff_ci, mean_ci
 
 BASELINES = ("softmax", "gated_deltanet", "deltanet", "gla", "linear_attention")
 SOLVED = 0.9
@@ -43,7 +43,7 @@ def run_one(mixer: str, seed: int, out: Path, args: argparse.Namespace) -> dict[
         result = json.loads(result_file.read_text())
         if result.get("status") == "ok":
             return result
-    cmd = [sys.executable, "-m", "evolve.cli", "train", "--mixer", mixer, "--preset",
+    cmd = [sys.executable, "-m", "evolve.cli.main", "train", "--mixer", mixer, "--preset",
            args.preset, "--seed", str(seed), "--out", str(folder), "--json"]
     if args.config:
         cmd += ["--config", args.config]

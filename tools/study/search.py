@@ -5,10 +5,10 @@
     .venv/bin/python tools/study/search.py --config my-run.yaml --trainings 24 --out bench-out/s
     .venv/bin/python tools/study/search.py --summarize-only --out bench-out/search
 
-For each method and seed it runs a whole search with `evolve.driver.Driver` in
+For each method and seed it runs a whole search with `evolve.search.driver.Driver` in
 `<out>/search-<method>-s<seed>/` (the run config of `--config`, default the embedded demo, with
 search.seed = seed and search.max_candidates = --trainings): `mutator` and `llm` set
-search.proposer, `random` passes `evolve.random_search.RandomProposer` to the driver. A method
+search.proposer, `random` passes `evolve.search.random_search.RandomProposer` to the driver. A method
 the driver refuses (e.g. llm before it is wired in) is recorded as an error and the study goes
 on. Every run trains its own baselines (the driver's behaviour), so baselines are trained once
 per run; their cost is reported apart and left out of the curves. Rerunning resumes unfinished
@@ -44,12 +44,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from evolve.config import (PROPOSERS, default_run_config, load_run_config,
+from evolve.search.run_config import (PROPOSERS, default_run_config, load_run_config,
                            run_config_from_dict)
-from evolve.configio import to_dict
-from evolve.fitness import mqar_accuracy
-from evolve.fsio import read_json
-from evolve.store import Store
+from evolve.config.loading import to_dict
+from evolve.search.fitness import mqar_accuracy
+from evolve.state.fsio import read_json
+from evolve.state.store import Store
 
 METHODS = ("mutator", "random", "llm")
 RUN_NAME = re.compile(r"^search-(?P<method>[a-z_]+)-s(?P<seed>\d+)$")
@@ -77,11 +77,11 @@ def run_config(base: Any, method: str, seed: int, trainings: int, out: Path) -> 
 
 def run_search(cfg: Any, method: str, seed: int, force: bool) -> str | None:
     """Run (or resume) one search; returns why the driver stopped ('complete' when done)."""
-    from evolve.driver import Driver
+    from evolve.search.driver import Driver
 
     proposer = None
     if method == "random":
-        from evolve.random_search import RandomProposer
+        from evolve.search.random_search import RandomProposer
 
         proposer = RandomProposer(random.Random(f"random-{seed}"))
     driver = Driver(cfg, force=force, proposer=proposer)
@@ -300,7 +300,7 @@ def markdown(methods: dict[str, Any], errors: dict[str, str]) -> str:
 
 def plot(methods: dict[str, Any], runs: dict[str, dict[int, dict[str, Any]]],
          out: Path) -> list[Path]:
-    # matplotlib's object API on the Agg canvas, as evolve.report does: no display needed.
+    # matplotlib's object API on the Agg canvas, as evolve.views.report does: no display needed.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator

@@ -1,0 +1,300 @@
+"""The `evolve` command.
+
+    evolve run [CONFIG]                                    # the search (default: the demo)
+    evolve status [RUN]  /  evolve top [RUN]  /  evolve show ID [--run RUN]
+    evolve train --mixer deltanet --preset tiny            # train and score one mixer
+    evolve train --mixer path/to/mixer.py --preset tiny --out state/try1
+    evolve check FILE                                      # the gates, in a sandbox
+    evolve report RUN / evolve doctor / evolve cognition list|search|add|show
+    evolve llm serve --run RUN                             # the local llama.cpp model server
+    evolve verify RUN ID [--seeds 3] [--preset explore]    # re-train, confirm or refute
+    evolve config show [RUN_FILE]                          # the resolved run config, every key
+    evolve config show --train [--preset tiny] [FILE]      # a training config
+    evolve config validate RUN_FILE
+
+Heavy imports (torch) happen inside the commands, so `evolve --help` and the read-only
+commands start fast on a login node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from evolve.config.loading import ConfigError
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train and score one mixer in the foreground")
+    p.add_argument("--mixer", required=True,
+                   help="a baseline name (linear_attention, deltanet, gated_deltanet, gla, "
+                        "softmax) or a path to a mixer file")
+    p.add_argument("--preset", default="tiny", help="tiny, explore or verify")
+    p.add_argument("--config", help="YAML file of training settings overriding the preset")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default: config's)")
+    p.add_argument("--out", help="output folder (default: state/train/<mixer>-<preset>-s<seed>)")
+    p.add_argument("--tracks", help="comma-separated subset of tracks to run, e.g. lm or mqar")
+    p.add_argument("--json", action="store_true", help="print result.json instead of a table")
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run (or resume) a search")
+    p.add_argument("config", nargs="?", help="run YAML (default: the embedded demo)")
+    p.add_argument("--force", action="store_true",
+                   help="resume even if the config differs from the run's frozen run.yaml")
+
+
+def _add_read(sub: argparse._SubParsersAction) -> None:
+    for name, text in (("status", "progress of a run"), ("top", "leaderboard of a run")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("run", nargs="?", default="state/demo", help="run folder")
+        p.add_argument("--json", action="store_true")
+        if name == "top":
+            p.add_argument("-n", type=int, default=20, help="rows")
+    p = sub.add_parser("show", help="one candidate: motivation, code, checks, result, analysis")
+    p.add_argument("id", help="candidate id, e.g. c000042")
+    p.add_argument("--run", default="state/demo", help="run folder")
+    p.add_argument("--json", action="store_true")
+
+
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="show or validate a run file (or a training config)")
+    p.add_argument("action", choices=["show", "validate"])
+    p.add_argument("file", nargs="?", help="run YAML (default: the embedded demo), or with "
+                   "--train a training config overriding --preset")
+    p.add_argument("--train", action="store_true",
+                   help="the file is a training config (as for `evolve train --config`)")
+    p.add_argument("--preset", default=None, help="with --train: tiny, explore or verify")
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="re-train a candidate with more seeds or at a larger "
+                       "preset, and say whether it is better than the reference")
+    p.add_argument("run", help="run folder")
+    p.add_argument("id", help="candidate id, e.g. c000042")
+    p.add_argument("--seeds", type=int, default=3, help="seeds in all (default 3)")
+    p.add_argument("--preset", default=None,
+                   help="train at this preset instead of the run's (explore, verify)")
+    p.add_argument("--ablate", action="store_true",
+                   help="also revert each of its design choices to its nearest baseline, one "
+                        "at a time, with the same seeds (ablation.json; one per run)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="only queue the request (a running driver picks it up)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from evolve.train.presets import load_train_config
+    from evolve.train.job import train_foreground
+
+    cfg = load_train_config(args.preset, args.config)
+    if args.seed is not None:
+        cfg.seed = args.seed
+    if args.tracks:
+        cfg = cfg.only_tracks(args.tracks.split(","))
+    name = Path(args.mixer).stem if args.mixer.endswith(".py") else args.mixer
+    out = Path(args.out or f"state/train/{name}-{args.preset}-s{cfg.seed}")
+    result = train_foreground(args.mixer, cfg, out, preset=args.preset)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        from evolve.train.progress import print_result
+        print_result(result, out)
+    return 0 if result.get("status") == "ok" else 1
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from evolve.config.loading import dump_yaml
+
+    if args.train or args.preset:
+        from evolve.train.presets import load_train_config
+
+        cfg = load_train_config(args.preset or "tiny", args.file)
+    else:
+        from evolve.search.run_config import default_run_config, load_run_config
+
+        cfg = load_run_config(args.file) if args.file else default_run_config()
+    if args.action == "show":
+        print(dump_yaml(cfg), end="")
+    else:
+        print(f"{args.file or args.preset}: valid")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from evolve.search.run_config import default_run_config, load_run_config
+    from evolve.search.driver import Driver
+
+    cfg = load_run_config(args.config) if args.config else default_run_config()
+    driver = Driver(cfg, force=args.force)
+    code = driver.run()
+    print(f"evolve: {cfg.run_dir}: stopped ({driver.stop_reason})", file=sys.stderr)
+    from evolve.views.board import print_top
+    from evolve.views.report import write_report
+
+    print_top(cfg.run_dir, limit=20)
+    page = write_report(cfg.run_dir, cfg.run_dir / "report")
+    print(f"report: {page}")
+    return code
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import time
+
+    from evolve.search.run_config import run_config_from_dict
+    from evolve.search.driver import TRAINED, Driver
+    from evolve.state.fsio import atomic_write_json
+    from evolve.state.locks import LockTimeoutError
+    from evolve.train.presets import PRESETS
+    from evolve.state.store import Store
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds={args.seeds} must be >= 1")
+    if args.preset is not None and args.preset not in PRESETS:
+        raise ConfigError(f"--preset={args.preset!r} is not valid; choose one of: "
+                          f"{', '.join(PRESETS)}")
+    store = Store.open(args.run)
+    state = store.replay()
+    cand = state.candidates.get(args.id)
+    if cand is None or cand.status not in TRAINED:
+        trained = [c.id for c in state.candidates.values() if c.status in TRAINED]
+        what = "is not in this run" if cand is None else f"is {cand.status}, not trained"
+        print(f"evolve verify: {args.id} {what}; trained candidates: "
+              f"{', '.join(trained[-10:]) or 'none yet'}", file=sys.stderr)
+        return 2
+    lock = store.lock("driver", timeout_s=0)
+    try:
+        lock.acquire()
+        lock.release()
+        driver_running = False
+    except LockTimeoutError:
+        driver_running = True
+    driver = None
+    if not driver_running and not args.no_wait:
+        # Built before the request is queued: a run this driver refuses (e.g. a changed config)
+        # must not leave a request behind for a later driver to act on.
+        cfg = run_config_from_dict(store.config(), source=str(store.run_yaml))
+        cfg.root, cfg.name = str(store.root.parent), store.root.name
+        driver = Driver(cfg)
+    folder = store.root / "requests"
+    folder.mkdir(exist_ok=True)
+    request = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.id}.json"
+    atomic_write_json(request, {"candidate": args.id, "seeds": args.seeds,
+                                "preset": args.preset, "ablate": args.ablate})
+    if driver_running:
+        print(f"evolve verify: queued {request.name}; the running driver picks it up")
+        return 0
+    if driver is None:
+        print(f"evolve verify: queued {request.name}; `evolve run` on the run file trains it")
+        return 0
+    driver.run()
+    name = "confirmation.json" if args.preset is None else f"confirmation-{args.preset}.json"
+    from evolve.state.fsio import read_json
+
+    verdict = read_json(store.candidate(args.id).dir / name, None)
+    if verdict is not None and driver.stop_reason != "complete" \
+            and int(verdict.get("seeds") or 0) < args.seeds:
+        verdict = None  # an earlier request's verdict, on fewer seeds than asked for now
+    if verdict is None:
+        why = driver.stop_reason or "unknown"
+        if why == "STOP file":  # left by an earlier `touch RUN/STOP`: it stops every driver
+            why += f" {store.root / 'STOP'}; remove it and run the same command again"
+        print(f"evolve verify: {args.id}: no verdict yet (the driver stopped early: {why})",
+              file=sys.stderr)
+        return 1
+    f = verdict.get("fitness") or {}
+    word = "better than" if verdict["better"] else ("worse than" if verdict["worse"] else
+                                                    "not distinguishable from")
+    print(f"{args.id}: {word} {verdict['reference']} over {verdict['seeds']} seeds "
+          f"(fitness {f.get('mean', float('nan')):+.4f} ± {f.get('ci95', float('nan')):.4f}, "
+          f"95% interval; {verdict['reference_seeds']} reference seeds)")
+    ablation = read_json(store.root / "ablation.json", None)
+    if args.ablate and ablation and ablation.get("table"):
+        for row in ablation["table"]:
+            c = row.get("contribution_fitness") or {}
+            print(f"  without its {row['field']} change: fitness "
+                  f"{(row.get('fitness') or {}).get('mean', float('nan')):+.4f}; the change "
+                  f"contributes {c.get('mean', float('nan')):+.4f} ± {c.get('ci95', float('nan')):.4f}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from evolve.views.board import print_status
+
+    return print_status(Path(args.run), as_json=args.json)
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from evolve.views.board import print_top
+
+    return print_top(Path(args.run), limit=args.n, as_json=args.json)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from evolve.views.board import print_candidate
+
+    return print_candidate(Path(args.run), args.id, as_json=args.json)
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "top": cmd_top, "show": cmd_show,
+            "train": cmd_train, "config": cmd_config, "verify": cmd_verify}
+# Commands whose module parses its own arguments (argv after the command name).
+DELEGATED = {"check": ("evolve.gates.check", "main_check"), "report": ("evolve.views.report", "main_report"),
+             "doctor": ("evolve.cli.doctor", "main_doctor"),
+             "cognition": ("evolve.cli.cognition", "main_cognition"),
+             "llm": ("evolve.cli.main", "main_llm")}
+
+
+def main_llm(argv: list[str]) -> int:
+    """`evolve llm serve ...`: the local llama.cpp model server."""
+    if not argv or argv[0] != "serve":
+        print("usage: evolve llm serve (--run RUN | --endpoint FILE) [--model GGUF] ...",
+              file=sys.stderr)
+        return 2
+    from evolve.agents.server import main_serve
+
+    return main_serve(argv[1:])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evolve", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_read(sub)
+    for name, (module, _) in DELEGATED.items():
+        sub.add_parser(name, help=f"see `evolve {name} --help`", add_help=False)
+    _add_train(sub)
+    _add_config(sub)
+    _add_verify(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        module, func = DELEGATED[argv[0]]
+        return getattr(importlib.import_module(module), func)(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"evolve: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("evolve: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # user-facing errors of known kinds become one line
+        from evolve.cli.errors import user_message
+
+        message = user_message(exc)
+        if message is None:
+            raise
+        print(f"evolve: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,859 @@
+"""The long-running loop: baselines, then learn -> design -> check -> experiment -> analyze.
+
+    Driver(load_run_config("my-run.yaml")).run()        # `evolve run my-run.yaml`
+
+Every step is journaled after its files are written, so a driver killed at any moment and
+started again on the same run folder replays the journal and goes on: running jobs are
+reattached by id (never submitted twice), interrupted gates and analyses are redone, lost jobs
+are resubmitted. SIGTERM or SIGUSR1 (Slurm's pre-timeout signal in slurm/driver.sbatch), or a
+file STOP in the run folder, end the loop at the next safe point with exit status 0.
+
+Pipelining: the next generation is proposed and gated while the trainings of the previous ones
+run (up to search.max_in_flight), so the workers never wait for the proposer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from typing import Any
+
+from evolve.gates.check import GATES, check_candidate, check_file, leakage_verdict
+from evolve.search.run_config import RunConfig, run_config_from_dict
+from evolve.config.loading import to_dict
+from evolve.search.fitness import Reference, fitness
+from evolve.search.followup import (ablation_table, ablation_variants, confirm, nearest_baseline,
+                             versus)
+from evolve.state.fsio import read_json
+from evolve.state.journal import ACTIVE_STATUSES
+from evolve.launch.launcher import Launcher, SubmissionError
+from evolve.model.contract import BASELINES_DIR
+from evolve.model.render import describe, render
+from evolve.model.space import BASELINE_SPECS, MixerSpec
+from evolve.gates.novelty import NoveltyIndex, code_hash
+from evolve.search.proposers import ArchiveEntry, Draft, MutatorProposer, Proposer
+from evolve.state.store import Store
+
+log = logging.getLogger(__name__)
+
+TRAINED = ("done", "scored", "analyzed")
+"""Statuses of candidates whose training finished with a result."""
+COUNTED = ("submitted", "running", *TRAINED, "failed", "lost", "submit_failed", "checked")
+"""Statuses of proposals that count towards search.max_candidates."""
+UNFINISHED = ("created", "proposed", "checked", "submitted", "running", "done", "scored", "lost",
+              "submit_failed")
+"""Statuses of candidates the driver still has work on."""
+
+
+class Driver:
+    def __init__(self, cfg: RunConfig, *, force: bool = False,
+                 proposer: Proposer | None = None) -> None:
+        self.cfg = cfg
+        self.store = Store.create(cfg.run_dir, to_dict(cfg), cfg=cfg.store, force=force,
+                                  upgrade=lambda frozen: to_dict(run_config_from_dict(frozen)))
+        self.launcher = Launcher(self.store, cfg.launch)
+        self.stop_reason: str | None = None
+        self._proposals: dict[str, dict[str, Any]] = {}
+        self._replayed_size = -1
+        self._replayed: Any = None
+        self._followed_size = -1
+        state = self._state()
+        # Seeded by the run and by how far it got, so a resumed search does not replay the
+        # same random choices as its first life.
+        self.rng = random.Random(f"{cfg.search.seed}-{state.num_events}")
+        self._given_proposer = proposer is not None
+        self.proposer = proposer or self._default_proposer()
+        self.agents: Any = None
+        self.started = time.time()
+
+    def _default_proposer(self) -> Proposer:
+        if self.cfg.search.proposer == "random":
+            from evolve.search.random_search import RandomProposer
+
+            return RandomProposer(self.rng)
+        # llm/auto start with the mutator; `run` swaps in the researcher once a model answers.
+        return MutatorProposer(self.cfg.mutator, self.cfg.sampling, self.rng)
+
+    def _start_agents(self) -> None:
+        """Connect to (or start) the model for proposer llm/auto; NoModel for llm without one."""
+        from evolve.search.llm_roles import Agents, LLMProposer
+
+        self.agents = Agents.start(self.cfg, self.store)
+        if self.agents is None:
+            return
+        self.store.record("llm_ready", source=self.agents.source)
+        if not self._given_proposer:
+            self.proposer = LLMProposer(self.agents, self.cfg, self.rng, describe=self.view,
+                                        cognition=self._cognition())
+
+    def _cognition(self) -> Any:
+        from evolve.agents.cognition import Cognition
+
+        return Cognition.for_store(self.store, self.cfg.cognition)
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until the search is complete or asked to stop; 0 in both cases."""
+        with self.store.lock("driver", timeout_s=0):
+            previous = self._install_signals()
+            try:
+                if self.cfg.search.proposer in ("llm", "auto") or self.cfg.search.analyzer == "llm":
+                    self._start_agents()
+                self.store.record("driver_start", pid=os.getpid(), host=socket.gethostname(),
+                                  proposer=self.proposer.name)
+                self.launcher.resume()
+                self._recover_created()
+                self._submit_baselines()
+                self._propose_seed_designs()
+                while not self._should_stop():
+                    progressed = self.step()
+                    if self._complete():
+                        self.stop_reason = self.stop_reason or "complete"
+                        break
+                    if not progressed:
+                        time.sleep(self.cfg.search.poll_s)
+            finally:
+                if self.agents is not None:
+                    self.agents.close()
+                self.store.record("driver_stop", reason=self.stop_reason or "error")
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+        return 0
+
+    def step(self) -> bool:
+        """One pass: collect, score, analyze, propose. True if anything happened."""
+        progressed = bool(self.launcher.poll())
+        progressed |= self._score_finished()
+        progressed |= self._analyze_scored()
+        progressed |= self._follow_up()
+        progressed |= self._propose_if_room()
+        progressed |= self._submit_checked()
+        return progressed
+
+    def _install_signals(self) -> dict[int, Any]:
+        def request_stop(signum: int, frame: Any) -> None:
+            self.stop_reason = f"signal {signal.Signals(signum).name}"
+
+        previous = {}
+        for signum in (signal.SIGTERM, signal.SIGUSR1):
+            previous[signum] = signal.signal(signum, request_stop)
+        return previous
+
+    def _should_stop(self) -> bool:
+        if self.stop_reason:
+            return True
+        if (self.cfg.run_dir / "STOP").exists():
+            self.stop_reason = "STOP file"
+            return True
+        s = self.cfg.search
+        if s.max_wall_hours is not None:
+            first = next(iter(self.store.events()), {}).get("t", self.started)
+            if time.time() - first > s.max_wall_hours * 3600:
+                self.stop_reason = "max_wall_hours"
+                return True
+        if s.max_gpu_hours is not None:
+            used = sum(c.gpu_hours for c in self._state().candidates.values())
+            if used >= s.max_gpu_hours:
+                self.stop_reason = "max_gpu_hours"
+                return True
+        return False
+
+    def _complete(self) -> bool:
+        state = self._state()
+        proposals = [c for c in state.candidates.values() if self._kind(c.id) == "proposal"]
+        counted = sum(c.status in COUNTED for c in proposals)
+        unfinished = [c for c in state.candidates.values() if c.status in UNFINISHED]
+        return counted >= self.cfg.search.max_candidates and not unfinished
+
+    # ---- candidates ----------------------------------------------------------------------
+
+    def _state(self) -> Any:
+        """The journal's replay, recomputed only when the journal grew (it is append-only, so
+        its size identifies its content); the loop asks for it several times per pass."""
+        size = self.store.journal_path.stat().st_size
+        if size != self._replayed_size:
+            self._replayed = self.store.replay()
+            self._replayed_size = size
+        return self._replayed
+
+    def _proposal(self, cid: str) -> dict[str, Any]:
+        # proposal.json is written once, before the candidate is journaled as proposed, and
+        # never changed: cache it (the loop reads it for every candidate on every pass).
+        cached = self._proposals.get(cid)
+        if cached is None:
+            cached = read_json(self.store.candidate(cid).proposal, {}) or {}
+            if cached:
+                self._proposals[cid] = cached
+        return cached
+
+    def _kind(self, cid: str) -> str:
+        return self._proposal(cid).get("kind", "proposal")
+
+    def _new_candidate(self, code: str, proposal: dict[str, Any], generation: int,
+                       records: list[dict[str, Any]] = ()) -> str:  # type: ignore[assignment]
+        from evolve.agents.client import record_call
+
+        cid = self.store.new_candidate(generation=generation, parents=proposal.get("parents", []))
+        paths = self.store.candidate(cid)
+        self.store.write_text(paths.mixer, code)
+        for record in records:
+            record_call(paths.dir, record)
+        self.store.write_json(paths.proposal, {**proposal, "id": cid, "generation": generation,
+                                               "code_hash": code_hash(code)})
+        self.store.record("proposed", cid, generation=generation,
+                          parents=proposal.get("parents", []))
+        return cid
+
+    def _recover_created(self) -> None:
+        """Candidates whose creation a crash interrupted: keep them if their files exist."""
+        for c in self._state().with_status("created"):
+            paths = self.store.candidate(c.id)
+            if paths.mixer.exists() and paths.proposal.exists():
+                self.store.record("proposed", c.id)
+            else:
+                self.store.record("cancelled", c.id, error="interrupted before its proposal "
+                                  "was written")
+
+    def _submit_baselines(self, seeds: int | None = None, preset: str | None = None,
+                          names: tuple[str, ...] | None = None) -> bool:
+        """Baselines `names` (default: the configured ones) with seeds 0..seeds-1 at `preset`
+        (None: the run's own training), each created once per run."""
+        state = self._state()
+        have = {(p.get("name"), p.get("seed"), p.get("preset")) for p in
+                (self._proposal(c) for c in state.candidates) if p.get("kind") == "baseline"}
+        made = False
+        for seed in range(seeds or self.cfg.search.baseline_seeds):
+            new = []
+            for name in names or self.cfg.search.baselines:
+                if (name, seed, preset) in have:
+                    continue
+                code = (BASELINES_DIR / f"{name}.py").read_text()
+                new.append(self._new_candidate(code, {
+                    "kind": "baseline", "name": name, "seed": seed, "preset": preset,
+                    "proposer": "baseline", "motivation": f"baseline {name}", "parents": [],
+                    "spec": BASELINE_SPECS[name].to_dict()}, generation=0))
+            for cid in new:
+                # Baselines are trusted package files: record them as checked without gates.
+                self.store.record("checked", cid, passed=True, gates="baseline")
+                made = True
+        return made
+
+    def _propose_seed_designs(self) -> bool:
+        """search.seed_designs as first-generation proposals, each created once per run."""
+        from evolve.model.render import render
+        from evolve.search.seed_designs import seed_designs
+
+        state = self._state()
+        have = {self._proposal(c).get("seed_design") for c in state.candidates}
+        made = False
+        for i, (spec, motivation) in enumerate(seed_designs(self.cfg.search.seed_designs)):
+            if i in have:
+                continue
+            cid = self._new_candidate(render(spec), {
+                "kind": "proposal", "proposer": "researcher's seed design", "seed_design": i,
+                "motivation": motivation, "parents": [], "spec": spec.to_dict()}, generation=1)
+            self._gate(cid)
+            made = True
+        return made
+
+    def _submit_checked(self) -> bool:
+        state = self._state()
+        ready = [c for c in state.with_status("checked", "lost")
+                 if c.id not in self.launcher.active]
+        if not ready:
+            return False
+        # One array per (seed, preset): the seed and the training settings are per submission.
+        groups: dict[tuple[int, str], list[str]] = {}
+        for c in ready:
+            p = self._proposal(c.id)
+            key = (p.get("seed", self.cfg.search.seed), p.get("preset") or "")
+            groups.setdefault(key, []).append(c.id)
+        for (seed, preset_name), cids in sorted(groups.items()):
+            train_cfg = to_dict(self._train_config(preset_name or None))
+            train_cfg["seed"] = seed
+            generation = state.candidates[cids[0]].generation
+            try:
+                from evolve.train.job import TrainJob
+
+                self.launcher.submit(cids, TrainJob(), train_cfg, generation=generation)
+            except SubmissionError as exc:
+                # Recorded by the launcher; the candidates stay submittable. Stop rather than
+                # spin against a scheduler that refuses (bad partition, account).
+                self.stop_reason = f"submission refused: {exc}"
+                return False
+        return True
+
+    def _train_config(self, preset_name: str | None) -> Any:
+        """The run's training settings, or those of a promotion preset."""
+        if preset_name is None:
+            return self.cfg.train
+        promote = self.cfg.search.promote
+        if preset_name == promote.preset:
+            return promote.train_config()
+        from evolve.train.presets import preset
+
+        return preset(preset_name)
+
+    def _in_flight(self) -> int:
+        state = self._state()
+        return sum(c.status in (*ACTIVE_STATUSES, "checked", "proposed")
+                   for c in state.candidates.values())
+
+    def _archive(self) -> list[ArchiveEntry]:
+        state = self._state()
+        entries = []
+        for c in state.candidates.values():
+            prop = self._proposal(c.id)
+            if prop.get("kind") in ("replica", "ablation") or prop.get("preset"):
+                continue  # re-trainings of a design already in the archive
+            spec = self._spec(prop)
+            entries.append(ArchiveEntry(id=c.id, spec=spec, fitness=c.fitness,
+                                        parents=list(c.parents), name=prop.get("name", ""),
+                                        motivation=prop.get("motivation", ""),
+                                        generation=c.generation, island=c.island,
+                                        status=c.status))
+        return entries
+
+    def _spec(self, proposal: dict[str, Any]) -> MixerSpec | None:
+        if not proposal.get("spec"):
+            return None
+        spec = MixerSpec.from_dict(proposal["spec"])
+        if spec.conv_size is None:
+            # Pin "the run's conv width" to its value, so that settings which only matter
+            # without a convolution are seen as inert and their mutations as duplicates.
+            track = self.cfg.train.lm or self.cfg.train.mqar
+            assert track is not None
+            spec = spec.replace(conv_size=track.model.conv_size)
+        return spec
+
+    def _propose_if_room(self) -> bool:
+        state = self._state()
+        proposals = [c for c in state.candidates.values() if self._kind(c.id) == "proposal"]
+        remaining = self.cfg.search.max_candidates - sum(c.status in COUNTED for c in proposals)
+        room = self.cfg.search.max_in_flight - self._in_flight()
+        n = min(remaining, room, self.cfg.search.generation_size)
+        # Redo gates interrupted by a crash before anything new is proposed.
+        for c in state.with_status("proposed"):
+            self._gate(c.id)
+        if n <= 0 or self.stop_reason:
+            return False
+        generation = 1 + max((c.generation or 0) for c in state.candidates.values())
+        archive = self._archive()
+        drafts = self.proposer.propose(archive, n, generation)
+        novelty = NoveltyIndex(self.cfg.novelty)
+        for e in archive:
+            code = self.store.candidate(e.id).mixer
+            if code.exists():
+                novelty.add(e.id, source=code.read_text(), motivation=e.motivation, spec=e.spec)
+        # Designs by their digest with "the run's conv width" pinned, so that a spec naming the
+        # width and one leaving it to the run are seen as the same design.
+        designs = {e.spec.digest(): e.id for e in archive if e.spec is not None}
+        made = 0
+        for draft in drafts:
+            pinned = self._spec({"spec": draft.spec.to_dict()}) if draft.spec else None
+            same = designs.get(pinned.digest()) if pinned else None
+            if same is not None:
+                self.store.record("duplicate_rejected", nearest=same,
+                                  reason=f"the same design as {same}")
+                continue
+            verdict = novelty.check(source=draft.code, motivation=draft.motivation, spec=draft.spec)
+            if verdict.kind == "duplicate_code":
+                self.store.record("duplicate_rejected", nearest=verdict.nearest_id,
+                                  reason=verdict.reason)
+                continue
+            cid = self._new_candidate(draft.code, self._draft_record(draft, verdict), generation,
+                                      records=draft.records)
+            novelty.add(cid, source=draft.code, motivation=draft.motivation, spec=draft.spec)
+            if pinned is not None:
+                designs[pinned.digest()] = cid
+            self._gate(cid)
+            made += 1
+        return made > 0
+
+    def _draft_record(self, draft: Draft, verdict: Any) -> dict[str, Any]:
+        return {"kind": "proposal", "proposer": draft.proposer, "motivation": draft.motivation,
+                "parents": draft.parents, "spec": draft.spec.to_dict() if draft.spec else None,
+                "seed": self.cfg.search.seed, "novelty": {"kind": verdict.kind,
+                                                           "nearest": verdict.nearest_id,
+                                                           "similarity": verdict.similarity},
+                **draft.extra}
+
+    def _gate(self, cid: str) -> None:
+        folder = self.store.candidate(cid).dir
+        report = check_candidate(folder, self.cfg.checks, model=self._model_cfg())
+        if report.sandbox.get("incomplete"):
+            # The sandbox itself failed (not the candidate): leave it proposed, retry later.
+            self.store.record("gate_incomplete", cid, detail=str(report.sandbox)[:500])
+            return
+        failed = report.verdict(report.failed_gate) if report.failed_gate else None
+        if failed is not None and self._repairable(cid):
+            # The engineer gets the failing gate's message; a verified fix replaces mixer.py
+            # (a crash mid-repair leaves the candidate proposed: it is gated, and repaired, again).
+            outcome = self.agents.repair(folder, report.failed_gate, failed.message,
+                                         self._check_scratch)
+            self.store.record("repair", cid, ok=outcome["ok"], attempts=outcome["attempts"],
+                              gate=report.failed_gate, error=outcome["error"][:500] or None)
+            if outcome["ok"]:
+                report = check_candidate(folder, self.cfg.checks, model=self._model_cfg())
+                failed = report.verdict(report.failed_gate) if report.failed_gate else None
+        self.store.record("checked", cid, passed=report.passed,
+                          failed_gate=report.failed_gate,
+                          error=failed.message[:500] if failed else None)
+
+    def _model_cfg(self) -> Any:
+        track = self.cfg.train.lm or self.cfg.train.mqar
+        assert track is not None
+        return track.model
+
+    def _repairable(self, cid: str) -> bool:
+        """Only whole files the model wrote are repaired: a spec-mode file is a rendering of
+        its spec, and editing the code would make the two disagree."""
+        if self.agents is None or self.cfg.search.max_repairs < 1:
+            return False
+        prop = self._proposal(cid)
+        repairs = sum(1 for e in self.store.events()
+                      if e.get("event") == "repair" and e.get("candidate") == cid)
+        return prop.get("proposer") == "llm-code" and repairs < self.cfg.search.max_repairs
+
+    def _check_scratch(self, folder: Any) -> tuple[bool, str, str]:
+        report = check_file(folder / "mixer.py", self.cfg.checks, model=self._model_cfg())
+        gate = report.failed_gate
+        return report.passed, gate or "", report.verdict(gate).message if gate else ""
+
+    # ---- results -------------------------------------------------------------------------
+
+    def _results_of(self, cids: list[str]) -> list[dict[str, Any]]:
+        return [read_json(self.store.candidate(c).result, {}) or {} for c in cids]
+
+    def _baseline_ids(self, name: str, preset: str | None) -> tuple[list[str], bool]:
+        """Trained candidates of baseline `name` at `preset`, and whether more of its seeds
+        are still to come."""
+        state = self._state()
+        done, pending = [], False
+        for c in state.candidates.values():
+            p = self._proposal(c.id)
+            if p.get("kind") == "baseline" and p.get("name") == name \
+                    and p.get("preset") == preset:
+                if c.status in TRAINED:
+                    done.append(c.id)
+                elif c.status not in ("failed", "rejected", "cancelled"):
+                    pending = True
+        return done, pending
+
+    def _reference_ids(self, preset: str | None = None) -> tuple[list[str], bool]:
+        return self._baseline_ids(self.cfg.fitness.reference, preset)
+
+    def _reference(self, preset: str | None = None) -> Reference | None:
+        done, pending = self._reference_ids(preset)
+        if pending or not done:
+            return None
+        return Reference.from_results(self._results_of(done), self.cfg.fitness.reference,
+                                      self.cfg.fitness.mqar_pairs)
+
+    def _score_finished(self) -> bool:
+        state = self._state()
+        done = state.with_status("done")
+        progressed = False
+        references: dict[str | None, Reference | None] = {}
+        for c in done:
+            preset = self._proposal(c.id).get("preset")
+            if preset not in references:
+                references[preset] = self._reference(preset)
+            reference = references[preset]
+            if reference is None:
+                continue  # the reference baseline at this preset is still training
+            result = read_json(self.store.candidate(c.id).result, {}) or {}
+            progressed = True
+            if result.get("status") != "ok":
+                self.store.record("failed", c.id, error=result.get("reason", "no result.json"))
+                continue
+            score = fitness(result, reference, self.cfg.fitness)
+            leak = self._leakage(c.id, result, reference, preset)
+            if leak is not None and not leak["passed"]:
+                self.store.record("failed", c.id, error=f"leakage: {leak['message']}"[:500],
+                                  leakage=leak)
+                continue
+            if leak is not None:
+                score["leakage"] = leak
+            self.store.record("scored", c.id, fitness=score["fitness"], terms=score)
+        return progressed
+
+    def _leakage(self, cid: str, result: dict[str, Any], ref: Reference,
+                 preset: str | None) -> dict[str, Any] | None:
+        """The training-time leakage gate: bits per byte implausibly far below the reference's
+        sends the file back to the causality gate at the training length. Baselines are
+        trusted; a candidate passing that second look is kept, flagged."""
+        bpb = result.get("metrics", {}).get("bpb")
+        if bpb is None or not ref.bpb or self._kind(cid) == "baseline":
+            return None
+        verdict = leakage_verdict(float(bpb), ref.bpb, self.cfg.checks.leakage_threshold)
+        if verdict.passed:
+            return None
+        from dataclasses import replace
+
+        train = self._train_config(preset)
+        length = (train.lm or train.mqar).seq_len
+        recheck = check_file(self.store.candidate(cid).mixer,
+                             replace(self.cfg.checks, causality_lengths=(length,)),
+                             model=self._model_cfg(), gates=GATES[:5])
+        causal = recheck.passed
+        message = verdict.message + (
+            f"; the causality gate at length {length} passes: kept, flagged" if causal else
+            f"; the causality gate at length {length} fails: "
+            f"{recheck.verdict(recheck.failed_gate).message}")
+        return {"passed": causal, "message": message, "measured": verdict.measured}
+
+    def view(self, cid: str) -> dict[str, Any]:
+        """A candidate as the roles see it: id, name, motivation, spec, description, code,
+        metrics, status, fitness, the training curve's summary rows."""
+        state = self._state()
+        p = self._proposal(cid)
+        paths = self.store.candidate(cid)
+        r = read_json(paths.result, {}) or {}
+        spec = self._spec(p)
+        code = paths.mixer.read_text() if paths.mixer.exists() else ""
+        cand = state.candidates.get(cid)
+        return {"id": cid, "name": p.get("name", ""), "motivation": p.get("motivation", ""),
+                "spec": spec, "description": describe(spec) if spec else "", "code": code,
+                "metrics": r.get("metrics", {}), "status": r.get("status") or
+                (cand.status if cand else None), "reason": r.get("reason"),
+                "fitness": cand.fitness if cand else None}
+
+    def _analyze_scored(self) -> bool:
+        from evolve.agents.rules_analyzer import analyze
+
+        state = self._state()
+        scored = state.with_status("scored")
+        if not scored:
+            return False
+        ref_ids, _ = self._reference_ids()
+        ref_view = self.view(ref_ids[0]) if ref_ids else {}
+        use_llm = self.agents is not None and self.cfg.search.analyzer != "rules"
+        for c in scored:
+            kind = self._kind(c.id)
+            folder = self.store.candidate(c.id).dir
+            if kind != "proposal":
+                # Baselines, replicas, ablations: measurements, not ideas; no lessons.
+                report = {"analyzer": "none", "analysis": f"{kind}: measured, not analysed",
+                          "lessons": []}
+            else:
+                cand = self.view(c.id)
+                parents = [self.view(p) for p in c.parents if p in state.candidates]
+                report = None
+                if use_llm:
+                    report = self.agents.analyze(
+                        {k: v for k, v in cand.items() if k != "code"},
+                        parents[0] if parents else None, [ref_view] if ref_view else [],
+                        self._cognition(), folder, run=self.store.name)
+                if report is None:
+                    report = analyze(cand, parents, ref_view, run=self.store.name)
+                    if use_llm:
+                        report["llm_error"] = ("the analyzer gave no usable answer (llm/ has "
+                                               "the calls)")
+            self.store.write_json(self.store.candidate(c.id).analysis, report)
+            self._merge_lessons(c.id, report.get("lessons", []))
+            self.store.record("analyzed", c.id, lessons=len(report.get("lessons", [])),
+                              analyzer=report.get("analyzer"))
+        return True
+
+    def _merge_lessons(self, cid: str, lessons: list[dict[str, Any]]) -> None:
+        """Fold the lessons into the run's cognition base (under its lock). A crash between
+        this and the `analyzed` event merges them again: the entry gains a repeated piece of
+        evidence, nothing is lost."""
+        if not lessons:
+            return
+        outcomes = self._cognition().merge_many(lessons)
+        self.store.record("lessons_merged", cid,
+                          outcomes=[{"action": o.action, "id": o.id} for o in outcomes])
+
+    # ---- follow-ups: confirmation, promotion, ablation ------------------------------------
+
+    def _follow_up(self) -> bool:
+        made = self._take_requests()
+        # Everything else depends on the journal alone: while it has not grown since the last
+        # look, there is nothing to do (this keeps idle polls cheap in a large archive).
+        size = self.store.journal_path.stat().st_size
+        if size == self._followed_size and not made:
+            return False
+        made |= self._confirm_claims()
+        made |= self._settle_confirmations()
+        if self._search_done():
+            made |= self._promote()
+            made |= self._ablate()
+        if not made:
+            self._followed_size = size
+        return made
+
+    def _derived(self) -> dict[tuple[Any, ...], str]:
+        """Replicas and ablations by what they re-train, so none is created twice."""
+        out = {}
+        for cid in self._state().candidates:
+            p = self._proposal(cid)
+            if p.get("kind") == "replica":
+                out[("replica", p.get("of"), p.get("seed"), p.get("preset"))] = cid
+            elif p.get("kind") == "ablation":
+                out[("ablation", p.get("of"), p.get("revert"), p.get("seed"))] = cid
+        return out
+
+    def _replicate(self, cid: str, seeds: int, preset: str | None, why: str) -> bool:
+        """Train `cid`'s file again with its seed + 1, ... (and with its own seed at another
+        preset), plus the reference baseline with as many seeds at that preset."""
+        p = self._proposal(cid)
+        first = p.get("seed", self.cfg.search.seed)
+        have = self._derived()
+        code = self.store.candidate(cid).mixer.read_text()
+        made = False
+        wanted = range(first, first + seeds) if preset else range(first + 1, first + seeds)
+        for seed in wanted:
+            if ("replica", cid, seed, preset) in have:
+                continue
+            new = self._new_candidate(code, {
+                "kind": "replica", "of": cid, "seed": seed, "preset": preset,
+                "proposer": "replica", "motivation": f"{why}: {cid} with seed {seed}",
+                "parents": [cid], "spec": p.get("spec"), "name": p.get("name", "")},
+                generation=self._state().candidates[cid].generation or 0)
+            self.store.record("checked", new, passed=True, gates=f"replica of {cid}")
+            made = True
+        made |= self._submit_baselines(seeds=max(seeds, self.cfg.search.baseline_seeds),
+                                       preset=preset, names=self._baselines_for(preset))
+        return made
+
+    def _baselines_for(self, preset: str | None) -> tuple[str, ...]:
+        # At the run's preset every baseline gets the seeds (the board compares with all);
+        # at a promotion preset only the reference is needed, and it is expensive there.
+        return self.cfg.search.baselines if preset is None else (self.cfg.fitness.reference,)
+
+    def _group(self, cid: str, preset: str | None = None) -> list[str]:
+        """`cid` (at the run's preset) or its replicas at `preset`, trained or not."""
+        members = [cid] if preset is None else []
+        for key, rid in self._derived().items():
+            if key[0] == "replica" and key[1] == cid and key[3] == preset:
+                members.append(rid)
+        return members
+
+    def _ranked(self) -> list[Any]:
+        state = self._state()
+        scored = [c for c in state.candidates.values() if self._kind(c.id) == "proposal"
+                  and c.status in ("scored", "analyzed") and c.fitness is not None]
+        return sorted(scored, key=lambda c: -c.fitness)
+
+    def _confirm_claims(self) -> bool:
+        s = self.cfg.search
+        if s.confirm_top < 1:
+            return False
+        claims = [c for c in self._ranked() if c.fitness > 0][:s.confirm_top]
+        made = False
+        for c in claims:
+            made |= self._replicate(c.id, s.confirm_seeds, None, "confirmation")
+        return made
+
+    def _verdicts(self) -> dict[tuple[str, str | None], dict[str, Any]]:
+        out = {}
+        for e in self.store.events():
+            if e.get("event") == "confirmed":
+                out[(e["candidate"], e.get("preset"))] = e
+        return out
+
+    def _settle_confirmations(self) -> bool:
+        """Write confirmation.json (and a `confirmed` event) for every replicated candidate
+        whose seeds, and the reference's seeds at the same preset, have all finished."""
+        state = self._state()
+        done = self._verdicts()
+        groups: dict[tuple[str, str | None], list[str]] = {}
+        for key in self._derived():
+            if key[0] == "replica":
+                groups[(key[1], key[3])] = self._group(key[1], key[3])
+        made = False
+        for (cid, preset), members in groups.items():
+            statuses = [state.candidates[m].status for m in members if m in state.candidates]
+            if any(st in UNFINISHED for st in statuses):
+                continue
+            trained = [m for m in members if state.candidates[m].status in TRAINED]
+            ref_ids, pending = self._reference_ids(preset)
+            if pending or not ref_ids:
+                continue
+            # The trainings the verdict rests on: a later seed of any side (e.g. of a baseline
+            # it is compared with) makes a new verdict.
+            others = {name: self._baseline_ids(name, preset)[0]
+                      for name in self.cfg.search.baselines
+                      if name != self.cfg.fitness.reference}
+            basis = len(trained) + len(ref_ids) + sum(len(ids) for ids in others.values())
+            prev = done.get((cid, preset))
+            if prev is not None and prev.get("basis", prev.get("seeds")) == basis:
+                continue
+            verdict = confirm(self._results_of(trained), self._results_of(ref_ids),
+                              self.cfg.fitness, self.cfg.fitness.reference)
+            verdict.update(candidate=cid, preset=preset, members=members,
+                           failed=len(members) - len(trained))
+            # Against every other baseline trained with several seeds at this preset.
+            verdict["versus"] = {}
+            for name, other in others.items():
+                if len(other) > 1:
+                    verdict["versus"][name] = versus(
+                        self._results_of(trained), self._results_of(other),
+                        self._results_of(ref_ids), self.cfg.fitness, self.cfg.fitness.reference)
+            folder = self.store.candidate(cid).dir
+            name = "confirmation.json" if preset is None else f"confirmation-{preset}.json"
+            self.store.write_json(folder / name, verdict)
+            f = verdict.get("fitness", {})
+            self.store.record("confirmed", cid, preset=preset, better=verdict["better"],
+                              basis=basis,
+                              seeds=verdict["seeds"], mean=f.get("mean"), ci95=f.get("ci95"))
+            made = True
+        return made
+
+    def _search_done(self) -> bool:
+        """All proposals counted and trained, and every confirmation settled."""
+        state = self._state()
+        counted = sum(c.status in COUNTED for c in state.candidates.values()
+                      if self._kind(c.id) == "proposal")
+        if counted < self.cfg.search.max_candidates:
+            return False
+        return not any(c.status in UNFINISHED for c in state.candidates.values()
+                       if self._kind(c.id) in ("proposal", "replica", "baseline")
+                       and not self._proposal(c.id).get("preset"))
+
+    def _best(self) -> list[str]:
+        """Proposals best first: confirmed-better ones by their mean when confirmation is on,
+        else by one-seed fitness."""
+        ranked = self._ranked()
+        if self.cfg.search.confirm_top < 1:
+            return [c.id for c in ranked]
+        verdicts = self._verdicts()
+        better = [(verdicts[(c.id, None)].get("mean") or 0.0, c.id) for c in ranked
+                  if verdicts.get((c.id, None), {}).get("better")]
+        return [cid for _, cid in sorted(better, reverse=True)]
+
+    def _promote(self) -> bool:
+        promote = self.cfg.search.promote
+        if promote.top < 1:
+            return False
+        made = False
+        for cid in self._best()[:promote.top]:
+            made |= self._replicate(cid, 1, promote.preset, f"promotion to {promote.preset}")
+        return made
+
+    def _ablate(self) -> bool:
+        requested = (self.cfg.run_dir / "ablation.json").exists()  # `evolve verify --ablate`
+        if not (self.cfg.search.ablate_best or requested):
+            return False
+        # The target is chosen once (ablation.json keeps it): more seeds of another candidate
+        # must not start a second ablation.
+        pinned = read_json(self.cfg.run_dir / "ablation.json", None) or {}
+        if pinned.get("candidate"):
+            best = pinned["candidate"]
+            why = pinned.get("chosen") or "named in ablation.json (`evolve verify --ablate`)"
+        else:
+            best, why = self._ablation_target()
+        if best is None:
+            return False
+        spec = self._spec(self._proposal(best))
+        baselines = {n: self._spec({"spec": BASELINE_SPECS[n].to_dict()})
+                     for n in self.cfg.search.baselines}
+        base_name, _ = nearest_baseline(spec, baselines)
+        seeds = int(pinned.get("seeds") or self.cfg.search.confirm_seeds)
+        made = self._replicate(best, seeds, None, "ablation reference")
+        have = self._derived()
+        first = self._proposal(best).get("seed", self.cfg.search.seed)
+        plan = []
+        for field_name, variant, note in ablation_variants(spec, baselines[base_name]):
+            plan.append({"field": field_name, "from": getattr(spec, field_name),
+                         "to": getattr(baselines[base_name], field_name), "note": note})
+            if variant is None:
+                continue
+            for seed in range(first, first + seeds):
+                if ("ablation", best, field_name, seed) in have:
+                    continue
+                code = render(variant, title=f"{best} without its {field_name} change")
+                new = self._new_candidate(code, {
+                    "kind": "ablation", "of": best, "revert": field_name, "seed": seed,
+                    "proposer": "ablation", "parents": [best], "spec": variant.to_dict(),
+                    "motivation": f"ablation of {best}: {field_name} back to "
+                                  f"{base_name}'s {getattr(baselines[base_name], field_name)!r}"},
+                    generation=self._state().candidates[best].generation or 0)
+                self._gate(new)
+                made = True
+        self._write_ablation(best, base_name, plan, seeds, why)
+        return made
+
+    def _ablation_target(self) -> tuple[str | None, str]:
+        """The candidate to ablate and why it: the best confirmed better than the reference;
+        with none confirmed, the best by its mean over the seeds it has (one-seed fitness
+        without replicas), since what each change contributes is worth knowing either way."""
+        with_spec = lambda ids: [c for c in ids if self._spec(self._proposal(c))]
+        confirmed = with_spec(self._best()) if self.cfg.search.confirm_top >= 1 else []
+        if confirmed:
+            return confirmed[0], "the best candidate confirmed better than the reference"
+        verdicts = self._verdicts() if self.cfg.search.confirm_top >= 1 else {}
+        fitness = {c.id: c.fitness for c in self._ranked()}
+        ranked = with_spec(list(fitness))
+        if not ranked:
+            return None, ""
+        mean = lambda cid: (verdicts.get((cid, None)) or {}).get("mean", fitness[cid])
+        best = max(ranked, key=mean)
+        if self.cfg.search.confirm_top >= 1:
+            return best, ("the best candidate by mean fitness; none was confirmed better than "
+                          "the reference, so the table says what each change does, not why "
+                          "a confirmed winner wins")
+        return best, "the best candidate by fitness (confirmation is off: search.confirm_top 0)"
+
+    def _write_ablation(self, best: str, base_name: str, plan: list[dict[str, Any]],
+                        seeds: int, why: str) -> None:
+        """ablation.json: the plan, and the table once every training of it has finished."""
+        state = self._state()
+        by_field: dict[str, list[str]] = {}
+        for key, cid in self._derived().items():
+            if key[0] == "ablation" and key[1] == best:
+                by_field.setdefault(key[2], []).append(cid)
+        members = [m for ms in by_field.values() for m in ms] + self._group(best)
+        finished = all(state.candidates[m].status not in UNFINISHED for m in members)
+        out: dict[str, Any] = {"candidate": best, "chosen": why, "baseline": base_name,
+                               "seeds": seeds, "plan": plan, "complete": finished}
+        if finished:
+            ref_ids, _ = self._reference_ids()
+            trained = lambda ids: [m for m in ids if state.candidates[m].status in TRAINED]
+            out["table"] = ablation_table(
+                self._results_of(trained(self._group(best))),
+                {f: self._results_of(ids) for f, ids in by_field.items()},
+                self._results_of(ref_ids), self.cfg.fitness, self.cfg.fitness.reference)
+        path = self.cfg.run_dir / "ablation.json"
+        if read_json(path, None) != out:
+            self.store.write_json(path, out)
+
+    def _take_requests(self) -> bool:
+        """Requests from `evolve verify` (RUN/requests/*.json): replicas of a candidate with
+        more seeds and/or at another preset. A request is renamed *.done once its
+        candidates exist."""
+        folder = self.cfg.run_dir / "requests"
+        if not folder.is_dir():
+            return False
+        made = False
+        for path in sorted(folder.glob("*.json")):
+            req = read_json(path, None) or {}
+            cid = req.get("candidate")
+            state = self._state()
+            if cid not in state.candidates or state.candidates[cid].status not in TRAINED:
+                error = f"{cid} is not a trained candidate of this run"
+                self.store.record("request_refused", cid if cid in state.candidates else None,
+                                  request=path.name, error=error)
+                path.rename(path.with_suffix(".refused"))
+                continue
+            preset = req.get("preset") or None
+            made |= self._replicate(cid, int(req.get("seeds", 1)), preset,
+                                    f"verify request {path.stem}")
+            ablation = self.cfg.run_dir / "ablation.json"
+            if req.get("ablate") and not ablation.exists():
+                if self._spec(self._proposal(cid)) is None:
+                    self.store.record("request_refused", cid, request=path.name,
+                                      error="ablation needs a spec (a code-mode file has none)")
+                else:
+                    self.store.write_json(ablation, {"candidate": cid, "plan": [],
+                                                     "seeds": int(req.get("seeds", 1)),
+                                                     "complete": False})
+            path.rename(path.with_suffix(".done"))
+        return made

@@ -1,0 +1,204 @@
+"""The job: train and score one candidate mixer, resumably.
+
+On a scheduler (submitit, local or Slurm)::
+
+    job = executor.submit(TrainJob(), candidate_dir, to_dict(train_cfg))
+
+In the foreground (`evolve train`)::
+
+    result = train_foreground("deltanet", load_train_config("tiny"), Path("state/train/d"))
+
+A candidate folder holds `mixer.py`; the job writes only inside it: `train/` (checkpoints and
+`metrics.jsonl`, the curves) and, once, atomically, `result.json`. A pre-emption signal saves a
+checkpoint at the next step boundary; the requeued job resumes there. A track that finished
+records `train/<track>/done.json`, so a requeue never trains or evaluates it twice.
+A failure of the candidate's own code is recorded in result.json (status "failed", reason,
+traceback) instead of crashing the job, so the loop goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from evolve.config.loading import to_dict
+from evolve.state.fsio import atomic_write_json
+from evolve.model.contract import MixerLoadError, load_mixer_class, resolve_mixer_path
+from evolve.train.presets import TrainConfig, train_config_from_dict
+from evolve.train.loop import DeferredSignals, Interrupted, TrackOutcome, run_track
+
+RESULT_VERSION = 1
+
+
+def _batches(name: str, cfg: TrainConfig, seed: int):
+    import os
+
+    rank = int(os.environ.get("RANK", "0"))
+    track = cfg.tracks()[name]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_rank = max(1, track.batch_size // world)
+    if name == "lm":
+        from evolve.train.data import load_data
+
+        data = load_data(cfg.data)
+        if data.tokenizer.vocab_size > track.model.vocab_size:
+            raise ValueError(f"lm.model.vocab_size={track.model.vocab_size} is smaller than the "
+                             f"tokenizer's vocabulary ({data.tokenizer.vocab_size})")
+        return (lambda step: data.train_batch(step=step, batch_size=per_rank,
+                                              seq_len=track.seq_len, seed=seed, rank=rank)), data
+    from evolve.train.mqar import mqar_batch
+
+    return (lambda step: mqar_batch(cfg.mqar_task, step=step, batch_size=per_rank, seed=seed,
+                                    rank=rank)), None
+
+
+def _evaluate(name: str, outcome: TrackOutcome, cfg: TrainConfig, data: Any) -> dict[str, Any]:
+    from evolve.train import evaluate
+
+    model = outcome.model
+    assert model is not None
+    model.eval()
+    if name == "mqar":
+        by_pairs = evaluate.mqar_accuracy(model, cfg.mqar_task)
+        return {"by_pairs": {str(p): acc for p, acc in by_pairs.items()},
+                "accuracy": sum(by_pairs.values()) / len(by_pairs)}
+    assert cfg.lm is not None
+    t0 = time.time()
+    windows = data.val_windows(seq_len=cfg.lm.seq_len, max_windows=cfg.eval.bpb_windows)
+    bpb = evaluate.bits_per_byte(model, windows, data.tokenizer, batch_size=cfg.eval.batch_size)
+    out: dict[str, Any] = {"bpb": bpb, "bpb_windows": len(windows),
+                           "bpb_seconds": round(time.time() - t0, 2)}
+    runs = evaluate.run_lm_eval(model, data.tokenizer, cfg.eval, max_length=cfg.lm.seq_len)
+    if runs:
+        # Length-normalised accuracy where the task has it (the literature's convention for
+        # multiple choice), else accuracy.
+        scores = {task: r.get("acc_norm", r.get("acc")) for task, r in runs.items()}
+        out["benchmarks"] = scores
+        out["benchmark_details"] = runs
+        valid = [v for v in scores.values() if v is not None]
+        out["benchmark_avg"] = sum(valid) / len(valid) if valid else None
+    return out
+
+
+def _headline(tracks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The few numbers that fitness and the leaderboard read."""
+    out: dict[str, Any] = {}
+    lm = tracks.get("lm", {})
+    if "eval" in lm:
+        out["bpb"] = lm["eval"].get("bpb")
+        if lm["eval"].get("benchmarks"):
+            out["benchmark_avg"] = lm["eval"].get("benchmark_avg")
+        out["tokens_per_s"] = lm.get("tokens_per_s")
+        out["peak_mem_mb"] = lm.get("peak_mem_mb")
+        out["num_params"] = lm.get("num_params")
+    mq = tracks.get("mqar", {})
+    if "eval" in mq:
+        out["mqar_acc"] = mq["eval"].get("accuracy")
+        out["mqar_acc_by_pairs"] = mq["eval"].get("by_pairs")
+        out.setdefault("tokens_per_s", mq.get("tokens_per_s"))
+    return out
+
+
+def train_candidate(mixer: str | Path, cfg: TrainConfig, folder: Path,
+                    signals: DeferredSignals, on_step=None) -> dict[str, Any]:
+    """Train every track of `cfg` for the mixer; write and return result.json's content."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train_dir = folder / "train"
+    started = time.time()
+    result: dict[str, Any] = {
+        "version": RESULT_VERSION, "mixer": str(mixer), "seed": cfg.seed, "status": "ok",
+        "host": platform.node(), "config": to_dict(cfg), "tracks": {},
+    }
+    try:
+        mixer_cls = load_mixer_class(mixer)
+        for name, track in cfg.tracks().items():
+            done_file = train_dir / name / "done.json"
+            if done_file.exists():
+                result["tracks"][name] = json.loads(done_file.read_text())
+                continue
+            batches, data = _batches(name, cfg, cfg.seed)
+            outcome = run_track(name, track, cfg.runtime, mixer_cls, batches, train_dir,
+                                cfg.seed, signals, mixer_source=str(mixer),
+                                on_step=(lambda s, loss, n=name: on_step(n, s, loss))
+                                if on_step else None)
+            summary = outcome.summary()
+            if outcome.status in ("done", "time_budget"):
+                summary["eval"] = _evaluate(name, outcome, cfg, data)
+            done_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(done_file, summary)
+            result["tracks"][name] = summary
+            if outcome.status == "diverged":
+                result["status"] = "failed"
+                result["reason"] = f"{name} track diverged: {outcome.reason}"
+                break
+    except (Interrupted, SystemExit, KeyboardInterrupt):
+        raise  # pre-emption: the checkpoint is saved and the job will resume
+    except MixerLoadError as exc:
+        result.update(status="failed", reason=str(exc), traceback=traceback.format_exc())
+    except Exception as exc:
+        # The candidate's code may fail in any way at training time; record it, don't crash.
+        result.update(status="failed", reason=f"{type(exc).__name__}: {exc}",
+                      traceback=traceback.format_exc())
+    result["metrics"] = _headline(result["tracks"])
+    result["wall_s"] = round(time.time() - started, 2)
+    atomic_write_json(folder / "result.json", result)
+    return result
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """A submitit job: `TrainJob()(candidate_dir, train_cfg_dict)` -> result dict.
+
+    On USR2 (Slurm's pre-timeout signal, or a pre-emption) submitit calls `checkpoint`, which
+    our deferred handler lets happen only between steps; the job then requeues and resumes.
+    """
+
+    def __init__(self) -> None:
+        self._signals: DeferredSignals | None = None
+
+    def __call__(self, candidate_dir: str, train_cfg: dict[str, Any]) -> dict[str, Any]:
+        cfg = train_config_from_dict(train_cfg)
+        folder = Path(candidate_dir)
+        self._signals = DeferredSignals()
+        self._signals.install()
+        try:
+            return train_candidate(folder / "mixer.py", cfg, folder, self._signals)
+        finally:
+            self._signals.restore()
+
+    def checkpoint(self, candidate_dir: str, train_cfg: dict[str, Any]
+                   ) -> submitit.helpers.DelayedSubmission:
+        if self._signals is not None and self._signals.save_hook is not None:
+            self._signals.save_hook()
+        # A fresh job object: this one holds live references that must not be pickled.
+        return submitit.helpers.DelayedSubmission(TrainJob(), candidate_dir, train_cfg)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_signals": None}
+
+
+def train_foreground(mixer: str, cfg: TrainConfig, folder: Path, preset: str = "") -> dict:
+    """`evolve train`: copy the mixer into `folder`, train with a progress bar, return result."""
+    source = resolve_mixer_path(mixer)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "mixer.py"
+    if not target.exists() or target.read_bytes() != source.read_bytes():
+        if (folder / "train").exists():
+            raise ValueError(f"{folder} already holds a training of a different mixer; "
+                             "choose another --out")
+        shutil.copyfile(source, target)
+    signals = DeferredSignals()
+    signals.install()
+    try:
+        from evolve.train.progress import TrainProgress
+
+        with TrainProgress(cfg) as progress:
+            return train_candidate(target, cfg, folder, signals, on_step=progress.update)
+    finally:
+        signals.restore()

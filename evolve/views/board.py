@@ -1,0 +1,413 @@
+"""Read-only views of a run: status, leaderboard, one candidate. No locks are taken, so they
+work from any node while the driver runs (every file they read is replaced atomically).
+
+The leaderboard ranks proposals and baselines. Follow-up trainings (kind "replica": the same
+file with another seed or at a promotion preset; kind "ablation": one change reverted) are not
+rows of their own: a proposal's replicas show up as its confirmation (candidates/ID/
+confirmation.json, written by the driver once all seeds finished): `seeds`, `mean` ± `ci95` of
+fitness over them and a `verdict` ("better" / "worse" than the reference, "=" when the interval
+includes zero, "-" for a one-seed score not confirmed). Promotions (confirmation-PRESET.json)
+add `verify` {preset: verdict}. A baseline is one row per name at the run's preset, with the
+mean ± ci95 over its seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evolve.state.fsio import read_json
+from evolve.state.store import Store
+
+TRAINED = ("done", "scored", "analyzed")
+"""Statuses of candidates whose training finished with a result (as evolve.search.driver)."""
+DROPPED = ("failed", "rejected", "cancelled")
+"""Statuses of candidates the driver does not work on any more, without a result."""
+FOLLOW_UPS = ("replica", "ablation")
+
+
+def _open(run: Path) -> Store:
+    return Store.open(run)
+
+
+@dataclass
+class _View:
+    """One read of a run: the store, the journal's replay and every proposal.json."""
+
+    store: Store
+    state: Any
+    proposals: dict[str, dict[str, Any]]
+
+    @classmethod
+    def load(cls, run: Path) -> _View:
+        store = _open(run)
+        state = store.replay()
+        props = {}
+        for cid in state.candidates:
+            p = read_json(store.candidate(cid).proposal, {})
+            props[cid] = p if isinstance(p, dict) else {}
+        return cls(store, state, props)
+
+    def kind(self, cid: str) -> str:
+        return str(self.proposals.get(cid, {}).get("kind", "proposal"))
+
+    def derived(self, cid: str, kind: str) -> list[str]:
+        """The replicas or ablations of `cid`, in id order."""
+        return [d for d, p in self.proposals.items()
+                if p.get("kind") == kind and p.get("of") == cid]
+
+
+def clean(x: Any) -> Any:
+    """A number for JSON: NaN and infinities (an interval over one seed) become None."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def verdict_word(conf: dict[str, Any] | None) -> str:
+    """"better" / "worse" than the reference, "=" when not distinguishable, "-" without a
+    confirmation."""
+    if not isinstance(conf, dict):
+        return "-"
+    return "better" if conf.get("better") else "worse" if conf.get("worse") else "="
+
+
+def confirmations(store: Store, cid: str) -> dict[str | None, dict[str, Any]]:
+    """A candidate's confirmation.json (key None: the run's preset) and confirmation-PRESET.json
+    (key: the preset), as written by the driver."""
+    out: dict[str | None, dict[str, Any]] = {}
+    folder = store.candidate(cid).dir
+    for path in sorted(folder.glob("confirmation*.json")) if folder.is_dir() else []:
+        if path.name == "confirmation.json":
+            preset = None
+        elif path.name.startswith("confirmation-"):
+            preset = path.stem[len("confirmation-"):]
+        else:
+            continue
+        conf = read_json(path, None)
+        if isinstance(conf, dict):
+            out[conf.get("preset") or preset] = conf
+    return out
+
+
+def term(conf: dict[str, Any] | None, name: str = "fitness") -> tuple[Any, Any]:
+    """(mean, ci95) of one term of a confirmation or ablation row; None where absent."""
+    t = (conf or {}).get(name) or {}
+    return clean(t.get("mean")), clean(t.get("ci95"))
+
+
+def llm_calls(folder: Path) -> dict[str, int]:
+    """Stored model calls (llm/<role>-<n>.json) per role below a candidate folder."""
+    counts: Counter[str] = Counter()
+    llm = folder / "llm"
+    for path in llm.glob("*-*.json") if llm.is_dir() else []:
+        role, _, n = path.stem.rpartition("-")
+        if role and n.isdigit() and not path.name.startswith("."):
+            counts[role] += 1
+    return dict(sorted(counts.items()))
+
+
+def _avg(values: list[Any]) -> float | None:
+    nums = [float(v) for v in values if isinstance(v, (int, float))]
+    return sum(nums) / len(nums) if nums else None
+
+
+def _rows(view: _View) -> list[dict[str, Any]]:
+    from evolve.search.fitness import mean_ci
+
+    store, state = view.store, view.state
+    rows = []
+    baselines: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for c in state.candidates.values():
+        prop = view.proposals.get(c.id, {})
+        kind = view.kind(c.id)
+        if kind in FOLLOW_UPS:
+            continue
+        result = read_json(store.candidate(c.id).result, None)
+        if not isinstance(result, dict):
+            continue
+        if kind == "baseline":
+            if prop.get("preset") is None:  # promotion-preset baselines are references only
+                baselines.setdefault(str(prop.get("name") or c.id), []).append((c.id, result))
+            continue
+        m = result.get("metrics", {})
+        confs = confirmations(store, c.id)
+        conf = confs.get(None)
+        if conf is not None:
+            mean, ci95 = term(conf)
+            seeds = conf.get("seeds")
+        else:
+            mean, ci95, seeds = c.fitness, None, 1 if c.fitness is not None else 0
+        label = prop.get("name") or prop.get("motivation", "")[:60]
+        rows.append({"id": c.id, "kind": kind, "label": label,
+                     "status": c.status, "fitness": c.fitness, "bpb": m.get("bpb"),
+                     "mqar": m.get("mqar_acc"), "bench": m.get("benchmark_avg"),
+                     "tokens_per_s": m.get("tokens_per_s"), "parents": c.parents,
+                     "generation": c.generation, "proposer": prop.get("proposer"),
+                     "seeds": seeds, "mean": mean, "ci95": ci95, "verdict": verdict_word(conf),
+                     "reference_seeds": (conf or {}).get("reference_seeds"),
+                     "replicas": len([r for r in view.derived(c.id, "replica")
+                                      if view.proposals[r].get("preset") is None]),
+                     "verify": {p: verdict_word(v) for p, v in confs.items() if p is not None},
+                     "members": (conf or {}).get("members") or [c.id]})
+    for name, members in baselines.items():
+        cands = [state.candidates[cid] for cid, _ in members]
+        fits = [c.fitness for c in cands if c.fitness is not None]
+        mean, half = mean_ci(fits) if fits else (None, None)
+        metric = lambda key: _avg([r.get("metrics", {}).get(key) for _, r in members])
+        first = cands[0]
+        rows.append({"id": first.id, "kind": "baseline", "label": name, "status": first.status,
+                     "fitness": clean(mean), "bpb": metric("bpb"), "mqar": metric("mqar_acc"),
+                     "bench": metric("benchmark_avg"), "tokens_per_s": metric("tokens_per_s"),
+                     "parents": [], "generation": first.generation, "proposer": "baseline",
+                     "seeds": len(fits), "mean": clean(mean), "ci95": clean(half),
+                     "verdict": "-", "reference_seeds": None, "replicas": 0, "verify": {},
+                     "members": [cid for cid, _ in members]})
+    rows.sort(key=lambda r: (r["mean"] is None, -(r["mean"] or 0.0), r["id"]))
+    return rows
+
+
+def leaderboard(run: Path) -> list[dict[str, Any]]:
+    """Every trained proposal and baseline (replicas and ablations folded in), best first.
+
+    `fitness` is a proposal's own score (its first seed); `mean` ± `ci95` over `seeds` is its
+    confirmation's when it has one (and the ranking key); baselines give mean ± ci95 over
+    their seeds at the run's preset (`members`: their candidate ids)."""
+    return _rows(_View.load(run))
+
+
+def _phase(status: str) -> str:
+    return "done" if status in TRAINED else "failed" if status in DROPPED else "in_flight"
+
+
+def status(run: Path) -> dict[str, Any]:
+    view = _View.load(run)
+    store, state = view.store, view.state
+    by_status = Counter(c.status for c in state.candidates.values())
+    events = list(store.events())
+    last_start = next((e for e in reversed(events) if e.get("event") == "driver_start"), None)
+    last_stop = next((e for e in reversed(events) if e.get("event") == "driver_stop"), None)
+    running = last_start is not None and (last_stop is None or last_stop["t"] < last_start["t"])
+    ready = next((e for e in reversed(events) if e.get("event") == "llm_ready"), None)
+    board = _rows(view)
+    best = next((r for r in board if r["kind"] == "proposal" and r["fitness"] is not None), None)
+
+    follow = {k: {"in_flight": 0, "done": 0, "failed": 0} for k in FOLLOW_UPS}
+    confirmed = {"candidates": 0, "better": 0, "worse": 0, "same": 0}
+    promoted: dict[str, dict[str, int]] = {}
+    calls: Counter[str] = Counter()
+    analyzers: Counter[str] = Counter()
+    llm_proposals = fallbacks = 0
+    for c in state.candidates.values():
+        kind = view.kind(c.id)
+        prop = view.proposals.get(c.id, {})
+        folder = store.candidate(c.id).dir
+        if kind in follow:
+            follow[kind][_phase(c.status)] += 1
+        if kind == "proposal":
+            for preset, conf in confirmations(store, c.id).items():
+                word = {"better": "better", "worse": "worse", "=": "same"}[verdict_word(conf)]
+                bucket = confirmed if preset is None else promoted.setdefault(
+                    preset, {"candidates": 0, "better": 0, "worse": 0, "same": 0})
+                bucket["candidates"] += 1
+                bucket[word] += 1
+            llm_proposals += str(prop.get("proposer", "")).startswith("llm-")
+            fallbacks += bool(prop.get("llm_error"))
+        calls.update(llm_calls(folder))
+        analysis = read_json(store.candidate(c.id).analysis, None)
+        if isinstance(analysis, dict) and analysis.get("analyzer"):
+            analyzers[str(analysis["analyzer"])] += 1
+    abl = read_json(store.root / "ablation.json", None)
+    ablation = None
+    if isinstance(abl, dict):
+        plan = abl.get("plan") or []
+        ablation = {"candidate": abl.get("candidate"), "baseline": abl.get("baseline"),
+                    "complete": bool(abl.get("complete")), "fields": len(plan),
+                    "skipped": sum(1 for p in plan if p.get("note")),
+                    "rows": len(abl.get("table") or [])}
+    return {"run": str(run), "candidates": len(state.candidates), "by_status": dict(by_status),
+            "generations": max((c.generation or 0 for c in state.candidates.values()), default=0),
+            "in_flight": by_status.get("submitted", 0) + by_status.get("running", 0),
+            "gpu_hours": round(sum(c.gpu_hours for c in state.candidates.values()), 4),
+            "driver": "running" if running else
+            f"stopped ({last_stop.get('reason')})" if last_stop else "never started",
+            "best": best, "follow_ups": follow, "confirmed": confirmed, "promoted": promoted,
+            "ablation": ablation,
+            "llm": {"source": ready.get("source") if ready else None,
+                    "calls": dict(sorted(calls.items())), "proposals": llm_proposals,
+                    "fallbacks": fallbacks, "analyzers": dict(sorted(analyzers.items()))}}
+
+
+def _fmt(x: Any, spec: str) -> str:
+    return "-" if not isinstance(x, (int, float)) or isinstance(x, bool) else format(x, spec)
+
+
+def fmt_ci(mean: Any, ci95: Any, spec: str = "+.4f") -> str:
+    """"+0.0123 ± 0.0040", or the mean alone when there is no interval."""
+    if not isinstance(mean, (int, float)):
+        return "-"
+    half = format(ci95, spec.lstrip("+")) if isinstance(ci95, (int, float)) else None
+    return format(mean, spec) + (f" ± {half}" if half is not None else "")
+
+
+def print_status(run: Path, as_json: bool = False) -> int:
+    s = status(run)
+    if as_json:
+        print(json.dumps(s, indent=2))
+        return 0
+    print(f"run {s['run']}: driver {s['driver']}")
+    print(f"  candidates {s['candidates']} in {s['generations']} generations; in flight "
+          f"{s['in_flight']}; GPU-hours {s['gpu_hours']}")
+    print("  by status: " + ", ".join(f"{k} {v}" for k, v in sorted(s["by_status"].items())))
+    f = s["follow_ups"]
+    if any(sum(v.values()) for v in f.values()):
+        print("  follow-ups: " + "; ".join(
+            f"{k}s {v['in_flight']} in flight, {v['done']} done, {v['failed']} failed"
+            for k, v in f.items()))
+    c = s["confirmed"]
+    if c["candidates"]:
+        print(f"  confirmed: {c['candidates']} candidates, {c['better']} better than the "
+              f"reference, {c['same']} not distinguishable, {c['worse']} worse")
+    for preset, p in s["promoted"].items():
+        print(f"  promoted to {preset}: {p['candidates']}, {p['better']} better, "
+              f"{p['same']} not distinguishable, {p['worse']} worse")
+    if s["ablation"]:
+        a = s["ablation"]
+        print(f"  ablation of {a['candidate']} against {a['baseline'] or '-'}: "
+              f"{a['fields']} fields "
+              f"({a['skipped']} skipped), {'complete' if a['complete'] else 'in progress'}")
+    llm = s["llm"]
+    if llm["source"] or llm["calls"] or llm["proposals"] or llm["fallbacks"]:
+        calls = ", ".join(f"{k} {v}" for k, v in llm["calls"].items()) or "none"
+        print(f"  model: {llm['source'] or '-'}; calls stored: {calls}; proposals by the model "
+              f"{llm['proposals']}, by the mutator in its place {llm['fallbacks']}")
+    if llm["analyzers"]:
+        print("  analyses: " + ", ".join(f"{k} {v}" for k, v in llm["analyzers"].items()))
+    if s["best"]:
+        b = s["best"]
+        conf = f", {b['verdict']} over {b['seeds']} seeds" if b["verdict"] != "-" else ""
+        print(f"  best proposal: {b['id']} fitness {fmt_ci(b['mean'], b['ci95'])}{conf} "
+              f"(bpb {_fmt(b['bpb'], '.4f')}, MQAR {_fmt(b['mqar'], '.3f')})")
+    return 0
+
+
+def print_top(run: Path, limit: int = 20, as_json: bool = False) -> int:
+    rows = leaderboard(run)[:limit]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    head = ("rank", "id", "kind", "fitness", "mean ± ci95", "seeds", "verdict", "bpb", "MQAR",
+            "tok/s", "promotion", "what")
+    table = [(str(i + 1), r["id"], r["kind"], _fmt(r["fitness"], "+.4f"),
+              fmt_ci(r["mean"], r["ci95"]), str(r["seeds"]), r["verdict"],
+              _fmt(r["bpb"], ".4f"), _fmt(r["mqar"], ".3f"), _fmt(r["tokens_per_s"], ",.0f"),
+              ", ".join(f"{p}: {w}" for p, w in r["verify"].items()) or "-", r["label"])
+             for i, r in enumerate(rows)]
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"leaderboard: {run}")
+        for h in head:
+            t.add_column(h)
+        for row in table:
+            t.add_row(*row)
+        Console().print(t)
+    else:
+        widths = [max(len(h), *(len(r[i]) for r in table)) if table else len(h)
+                  for i, h in enumerate(head)]
+        print("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
+        for row in table:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def describe_confirmation(conf: dict[str, Any]) -> str:
+    """One line: verdict, fitness mean ± ci over the seeds, the reference's seeds."""
+    mean, ci95 = term(conf)
+    bpb = term(conf, "delta_bpb")
+    failed = f", {conf['failed']} failed" if conf.get("failed") else ""
+    return (f"{verdict_word(conf)}: fitness {fmt_ci(mean, ci95)} over {conf.get('seeds')} seeds"
+            f"{failed} (bpb delta {fmt_ci(*bpb)}; reference {conf.get('reference')}, "
+            f"{conf.get('reference_seeds')} seeds)")
+
+
+def print_candidate(run: Path, cid: str, as_json: bool = False) -> int:
+    view = _View.load(run)
+    store, state = view.store, view.state
+    if cid not in state.candidates:
+        known = ", ".join(list(state.candidates)[-5:])
+        raise ValueError(f"{run}: no candidate {cid!r} (latest: {known})")
+    paths = store.candidate(cid)
+    confs = confirmations(store, cid)
+    prop = view.proposals.get(cid) or None
+    info = {"id": cid, "kind": view.kind(cid), "status": state.candidates[cid].status,
+            "fitness": state.candidates[cid].fitness,
+            "parents": state.candidates[cid].parents,
+            "proposal": prop, "checks": read_json(paths.checks, None),
+            "result": read_json(paths.result, None), "analysis": read_json(paths.analysis, None),
+            "error": read_json(paths.error, None),
+            "confirmation": confs.get(None),
+            "promotions": {p: v for p, v in confs.items() if p is not None},
+            "replicas": view.derived(cid, "replica"), "ablations": view.derived(cid, "ablation"),
+            "llm_calls": llm_calls(paths.dir)}
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    prop = prop or {}
+    print(f"{cid}: {info['kind']}, {info['status']}, fitness {_fmt(info['fitness'], '+.4f')}, "
+          f"parents {', '.join(info['parents']) or '-'}")
+    if info["kind"] == "replica":
+        where = f" at preset {prop['preset']}" if prop.get("preset") else ""
+        print(f"re-trains: {prop.get('of')} with seed {prop.get('seed')}{where}")
+    elif info["kind"] == "ablation":
+        print(f"re-trains: {prop.get('of')} with its {prop.get('revert')} change reverted "
+              f"(seed {prop.get('seed')})")
+    print(f"motivation: {prop.get('motivation', '-')}")
+    proposer = str(prop.get("proposer", "-"))
+    if proposer.startswith("llm-"):
+        print(f"proposed by the model: {prop.get('model') or '?'} ({proposer}, prompt "
+              f"{prop.get('prompt_hash') or '-'}, attempts {prop.get('attempts', '-')})")
+        if prop.get("changes"):
+            print("  changes: " + "; ".join(map(str, prop["changes"])))
+        if prop.get("edits"):
+            print("  edits: " + json.dumps(prop["edits"]))
+        if prop.get("lessons_used"):
+            print("  lessons used: " + ", ".join(map(str, prop["lessons_used"])))
+    else:
+        print(f"proposer: {proposer}" + (f" ({prop['operator']})" if prop.get("operator") else ""))
+    if prop.get("llm_error"):
+        print(f"the model gave no usable proposal, the mutator filled the slot: "
+              f"{prop['llm_error']}")
+    if info["llm_calls"]:
+        print("stored model calls: " + ", ".join(f"{k} {v}" for k, v in info["llm_calls"].items())
+              + f" (in {paths.llm})")
+    if info["checks"]:
+        print(f"checks: {'passed' if info['checks']['passed'] else 'failed at ' + str(info['checks']['failed_gate'])}")
+    if info["result"]:
+        print("metrics: " + json.dumps(info["result"].get("metrics", {})))
+    if info["confirmation"]:
+        print("confirmation: " + describe_confirmation(info["confirmation"]))
+    elif info["replicas"]:
+        print(f"confirmation: pending ({len(info['replicas'])} replicas)")
+    for preset, conf in info["promotions"].items():
+        print(f"verify ({preset}): " + describe_confirmation(conf))
+    if info["replicas"]:
+        print("replicas: " + ", ".join(info["replicas"]))
+    if info["ablations"]:
+        print("ablations: " + ", ".join(
+            f"{a} ({view.proposals[a].get('revert')})" for a in info["ablations"]))
+    if info["analysis"]:
+        print(f"analysis ({info['analysis'].get('analyzer', '?')}): "
+              f"{info['analysis'].get('analysis')}")
+        if info["analysis"].get("llm_error"):
+            print(f"  analyzer fallback: {info['analysis']['llm_error']}")
+    if paths.mixer.exists():
+        print("--- mixer.py ---")
+        print(paths.mixer.read_text())
+    return 0
