@@ -355,3 +355,10 @@ def imported_from(names: list[str]) -> dict[str, str]:
     import importlib
 
     return {name: str(getattr(importlib.import_module(name), "__file__", None)) for name in names}
+
+
+def visible_gpus(candidate_dir: str, hold_s: float = 2.0) -> str:
+    """The GPUs this job may use (CUDA_VISIBLE_DEVICES), after holding its slot a while so that
+    two such jobs overlap."""
+    time.sleep(hold_s)
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "")

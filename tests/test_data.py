@@ -98,8 +98,13 @@ def test_train_batches_are_deterministic_windows(tmp_path: Path, corpus_file: Pa
     assert torch.equal(x, x2) and torch.equal(y, y2)
     assert not torch.equal(x, data.train_batch(step=4, batch_size=4, seq_len=32, seed=7)[0])
     assert not torch.equal(x, data.train_batch(step=3, batch_size=4, seq_len=32, seed=8)[0])
-    assert not torch.equal(x, data.train_batch(step=3, batch_size=4, seq_len=32, seed=7,
-                                               rank=1)[0])
+    # Two ranks read the two halves of the same global batch, which is what one process reads.
+    halves = [data.train_batch(step=3, batch_size=4, seq_len=32, seed=7, rank=r, world_size=2)
+              for r in (0, 1)]
+    assert all(h[0].shape == (2, 32) for h in halves)
+    assert not torch.equal(halves[0][0], halves[1][0])
+    assert torch.equal(torch.cat([h[0] for h in halves]), x)
+    assert torch.equal(torch.cat([h[1] for h in halves]), y)
     train = bytes(data.train)
     for row in torch.cat([x, y[:, -1:]], 1):
         assert bytes(row.tolist()) in train
@@ -247,7 +252,11 @@ def test_mqar_batches_are_deterministic() -> None:
     assert torch.equal(x, x2) and torch.equal(y, y2)
     assert not torch.equal(x, mqar_batch(cfg, step=6, batch_size=32, seed=1)[0])
     assert not torch.equal(x, mqar_batch(cfg, step=5, batch_size=32, seed=2)[0])
-    assert not torch.equal(x, mqar_batch(cfg, step=5, batch_size=32, seed=1, rank=1)[0])
+    halves = [mqar_batch(cfg, step=5, batch_size=32, seed=1, rank=r, world_size=2)
+              for r in (0, 1)]
+    assert not torch.equal(halves[0][0], halves[1][0])
+    assert torch.equal(torch.cat([h[0] for h in halves]), x)
+    assert torch.equal(torch.cat([h[1] for h in halves]), y)
     ex, ey = mqar_eval_set(cfg, 8)
     assert ex.shape == (1024, 64)
     assert torch.equal(ex, mqar_eval_set(cfg, 8)[0]) and torch.equal(ey, mqar_eval_set(cfg, 8)[1])

@@ -115,3 +115,17 @@ def test_plain_output_has_one_line_per_check(tmp_path: Path,
     assert [ln.split()[1] for ln in lines] == NAMES
     assert all(ln.split()[0] in LEVELS for ln in lines)
     assert code == (1 if any(ln.startswith("FAIL") for ln in lines) else 0)
+
+
+def test_kernels_check_names_the_backend_of_every_op_on_this_node() -> None:
+    import torch
+
+    from evolve.cli.doctor import check_kernels
+
+    check = check_kernels()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert check.detail.startswith(f"on {device}: ")
+    for op in ("linear_attn", "delta_rule", "gated_delta_rule", "gla", "short_conv"):
+        assert f"{op} " in check.detail
+    if device == "cpu":  # fla's kernels need CUDA: every op runs its chunked form here
+        assert check.status == "OK" and check.detail.count(" chunk") == 5

@@ -132,3 +132,17 @@ def test_two_versions_of_one_path_do_not_share_a_module(tmp_path: Path) -> None:
     path.write_text(template.format(2))
     second = load_mixer_class(path)
     assert (first.SCALE, second.SCALE) == (1, 2)
+
+
+def test_activation_checkpointing_gives_the_same_gradients() -> None:
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, max_seq_len=32)
+    tokens = torch.randint(0, 64, (2, 31), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = LanguageModel(cfg, load_mixer_class("gated_deltanet"))
+        model.activation_checkpointing = checkpointing
+        model(tokens).float().square().mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for plain, recomputed in zip(*grads):
+        torch.testing.assert_close(recomputed, plain, rtol=1e-5, atol=1e-7)

@@ -299,3 +299,48 @@ def test_real_train_job_requeues_and_resumes_on_slurm(tmp_path: Path) -> None:
     assert [r["step"] for r in losses()] == list(range(1, steps + 1))
     assert any(r.get("event") == "resume" for r in jt.metrics(paths.dir))
     assert jt.events(store, "done")[0]["requeues"] == 1
+
+
+@pytest.mark.slow
+def test_two_rank_deepspeed_training_requeues_and_repeats_no_step(tmp_path: Path) -> None:
+    """Two Slurm tasks (DeepSpeed over gloo on CPU) train one candidate; USR2 to both mid-training:
+    they agree on a step, save one collective checkpoint, the job requeues, and the metrics
+    written by rank 0 show every step once."""
+    from dataclasses import replace
+
+    from evolve.config.loading import to_dict
+    from evolve.train.config import RuntimeConfig
+    from evolve.train.job import TrainJob
+    from evolve.train.presets import tiny
+
+    cfg = tiny().only_tracks(["mqar"])
+    assert cfg.mqar is not None
+    steps = 40
+    cfg = replace(cfg, mqar=replace(cfg.mqar, batch_size=8, max_steps=steps, log_every=1,
+                                    checkpoint_every=100,
+                                    optim=replace(cfg.mqar.optim, warmup_steps=2)),
+                  mqar_task=replace(cfg.mqar_task, num_eval_examples=32, eval_num_kv_pairs=(8,)),
+                  runtime=RuntimeConfig(device="cpu", engine="deepspeed", num_threads=1))
+    store, (cid,) = jt.new_run(tmp_path / "run", 1)
+    paths = store.candidate(cid)
+    paths.mixer.write_text((REPO / "evolve" / "model" / "baselines" / "deltanet.py").read_text())
+    launcher = Launcher(store, jt.launch_config("slurm", tasks_per_node=2, timeout_min=10))
+    losses = lambda: [r for r in jt.metrics(paths.dir) if "loss" in r]  # noqa: E731
+    try:
+        launcher.submit([cid], TrainJob(), to_dict(cfg))
+        deadline = time.time() + 300
+        while len(losses()) < 5:
+            status = launcher.poll().get(cid)
+            assert status in (None, "running"), (status, read_json(paths.error, None))
+            assert time.time() < deadline, "no five training steps within 300 s"
+            time.sleep(0.2)
+        launcher.interrupt(cid)
+        assert launcher.wait(timeout_s=400, poll_s=1.0) == {cid: "done"}
+    finally:
+        jt.cleanup(store)
+    result = read_json(paths.result)
+    assert result["status"] == "ok", result.get("traceback")
+    assert result["world_size"] == 2
+    assert [r["step"] for r in losses()] == list(range(1, steps + 1))
+    assert any(r.get("event") == "resume" for r in jt.metrics(paths.dir))
+    assert jt.events(store, "done")[0]["requeues"] == 1

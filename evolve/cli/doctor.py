@@ -63,10 +63,21 @@ def check_torch() -> Check:
 
 
 def check_kernels() -> Check:
-    from evolve.kernels import ENV_VAR, available_backends
+    """Which backend each kernel op would use on this node, and why: on a GPU node a "chunk"
+    means fla is missing or refuses the op (the trainings run, slower)."""
+    import torch
+
+    from evolve.kernels import ENV_VAR
+    from evolve.kernels.dispatch import planned_backends
 
     forced = os.environ.get(ENV_VAR)
-    return Check("kernels", "OK", f"backends {', '.join(available_backends())}"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    plan = planned_backends(device)
+    detail = ", ".join(f"{op} {backend}" for op, (backend, _) in plan.items())
+    reasons = sorted({why for backend, why in plan.values() if backend != "fla"})
+    status = "WARN" if device == "cuda" and any(b != "fla" for b, _ in plan.values()) else "OK"
+    return Check("kernels", status, f"on {device}: {detail}"
+                 + (f" ({'; '.join(reasons)})" if reasons else "")
                  + (f" ({ENV_VAR}={forced})" if forced else ""))
 
 

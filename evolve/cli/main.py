@@ -126,7 +126,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from evolve.search.run_config import default_run_config, load_run_config
     from evolve.search.driver import Driver
 
+    from evolve.train.budget import check_token_budget
+
     cfg = load_run_config(args.config) if args.config else default_run_config()
+    check_token_budget(cfg.train)  # before the run folder is touched or anything submitted
     driver = Driver(cfg, force=args.force)
     code = driver.run()
     print(f"evolve: {cfg.run_dir}: stopped ({driver.stop_reason})", file=sys.stderr)

@@ -76,25 +76,54 @@ def forced_backend() -> str | None:
     return value
 
 
+_used: dict[str, dict[str, str]] = {}
+"""op -> {backend: why}, for every call since the last `reset_used_backends()`."""
+
+
+def used_backends() -> dict[str, dict[str, str]]:
+    """Which backend each op used since the last reset, and why (a training's result.json
+    names them, so a GPU run says whether it used fla)."""
+    return {op: dict(found) for op, found in sorted(_used.items())}
+
+
+def reset_used_backends() -> None:
+    _used.clear()
+
+
+def planned_backends(device: str, head_dim: int = 32) -> dict[str, tuple[str, str]]:
+    """op -> (backend, why) that a training step on `device` would use now (heads of
+    `head_dim`, gradients on), without running a kernel: what `evolve doctor` reports."""
+    x = torch.zeros(1, 64, 2, head_dim, device=device)
+    with torch.enable_grad():
+        return {op: _select(op, x, x) for op in ("linear_attn", "delta_rule",
+                                                  "gated_delta_rule", "gla", "short_conv")}
+
+
 def select_backend(op: str, x: torch.Tensor, v: torch.Tensor | None = None) -> str:
     """The backend a call of `op` on tensors like `x` (and values `v`) uses now."""
+    backend, why = _select(op, x, v)
+    _used.setdefault(op, {}).setdefault(backend, why)
+    return backend
+
+
+def _select(op: str, x: torch.Tensor, v: torch.Tensor | None) -> tuple[str, str]:
     forced = forced_backend()
     if forced is not None and forced != "fla":
-        return forced
+        return forced, f"{ENV_VAR}={forced}"
     if forced == "fla" and not x.is_cuda:
         raise RuntimeError(
             f"{ENV_VAR}=fla needs CUDA tensors (got {x.device}); fla's chunk kernels do not "
             "run on CPU: use chunk or naive there"
         )
     if not x.is_cuda:
-        return "chunk"
+        return "chunk", f"{x.device.type} tensors"
     if not _fla_imports():
         reason = f"fla does not import ({_fla_import_error})"
     else:
         needs_grad = torch.is_grad_enabled()
         reason = fla_ops.unsupported(op, x, x if v is None else v, needs_grad)
     if reason is None:
-        return "fla"
+        return "fla", "CUDA tensors and fla imports"
     if forced == "fla":
         raise RuntimeError(f"{ENV_VAR}=fla, but {reason}")
     if reason not in _warned:
@@ -102,7 +131,7 @@ def select_backend(op: str, x: torch.Tensor, v: torch.Tensor | None = None) -> s
         warnings.warn(
             f"evolve.kernels.{op}: {reason}; using the chunked PyTorch form", stacklevel=3
         )
-    return "chunk"
+    return "chunk", reason
 
 
 def _check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -57,8 +57,14 @@ class LaunchConfig:
     constraint: str | None = None
     """Slurm node features (--constraint), e.g. 'a100|h100'."""
     gpus_per_task: int = 0
-    """GPUs per training (--gpus-per-node, as each job is one task on one node; locally:
-    CUDA_VISIBLE_DEVICES=0..N-1)."""
+    """GPUs per process of a training (one is the norm: one process per GPU). Slurm:
+    --gpus-per-node = gpus_per_task x tasks_per_node; locally each concurrent training gets its
+    own GPUs (CUDA_VISIBLE_DEVICES of its slot)."""
+    tasks_per_node: int = 1
+    """Processes per training on each node (--ntasks-per-node): data-parallel ranks, one per
+    GPU. Each gets its rank from submitit; the global batch is split over all of them."""
+    nodes: int = 1
+    """Nodes per training (--nodes); the training's world size is nodes x tasks_per_node."""
     cpus_per_task: int = 1
     """CPU cores per training (--cpus-per-task)."""
     mem_gb: float | None = None
@@ -98,6 +104,15 @@ class LaunchConfig:
         positive("launch.array_parallelism", self.array_parallelism)
         positive("launch.gpus_per_task", self.gpus_per_task, allow_zero=True)
         positive("launch.cpus_per_task", self.cpus_per_task)
+        positive("launch.tasks_per_node", self.tasks_per_node)
+        positive("launch.nodes", self.nodes)
+        if self.executor != "slurm" and self.nodes > 1:
+            raise ValueError(f"launch.nodes={self.nodes} needs launch.executor: slurm (the "
+                             f"{self.executor} executor runs on this machine only)")
+        if self.executor == "local" and self.tasks_per_node > 1 and self.gpus_per_task:
+            raise ValueError("launch.tasks_per_node > 1 with GPUs is not supported by the local "
+                             "executor (its slots hand out GPUs to one process per training); "
+                             "use executor: slurm, or gpus_per_task: 0 for CPU ranks")
         if self.mem_gb is not None:
             positive("launch.mem_gb", self.mem_gb)
         if not isinstance(self.timeout_min, int) or self.timeout_min < 1:
@@ -129,9 +144,11 @@ def slurm_parameters(cfg: LaunchConfig, job_name: str) -> dict[str, Any]:
     for key in ("partition", "account", "qos", "constraint"):
         if getattr(cfg, key) is not None:
             params[key] = getattr(cfg, key)
+    params["ntasks_per_node"] = cfg.tasks_per_node
+    params["nodes"] = cfg.nodes
     if cfg.gpus_per_task:
-        # One task per job, so per node = per task; --gpus-per-task would also need --ntasks.
-        params["gpus_per_node"] = cfg.gpus_per_task
+        # Per node, so that Slurm's --gpus-per-node and srun's tasks agree on one GPU a task.
+        params["gpus_per_node"] = cfg.gpus_per_task * cfg.tasks_per_node
     if cfg.mem_gb is not None:
         params["mem"] = f"{int(round(cfg.mem_gb * 1024))}M"
     if cfg.setup:
@@ -171,14 +188,24 @@ class SlotLimited(submitit.helpers.Checkpointable):
     """
 
     def __init__(self, fn: Callable[..., Any], slots_dir: str, num_slots: int,
-                 lock_kind: str = "file") -> None:
+                 lock_kind: str = "file", gpus_per_slot: int = 0) -> None:
         self.fn = fn
         self.slots_dir = slots_dir
         self.num_slots = num_slots
         self.lock_kind = lock_kind
+        self.gpus_per_slot = gpus_per_slot
+        """Slot i owns GPUs i*g .. i*g+g-1, so concurrent local trainings never share one."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        lock = self._take_slot(Path(str(args[0])).name if args else "")
+        if int(os.environ.get("SUBMITIT_LOCAL_GLOBALID", "0")) != 0:
+            # The other ranks of a multi-process training: rank 0 holds the training's slot,
+            # and they wait for it in the process group's rendezvous.
+            return self.fn(*args, **kwargs)
+        lock, slot = self._take_slot(Path(str(args[0])).name if args else "")
+        if self.gpus_per_slot:
+            first = slot * self.gpus_per_slot
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(
+                str(g) for g in range(first, first + self.gpus_per_slot))
         try:
             return self.fn(*args, **kwargs)
         finally:
@@ -200,7 +227,7 @@ class SlotLimited(submitit.helpers.Checkpointable):
             probe.release()  # nobody holds it: that waiter got its slot or died
         return False
 
-    def _take_slot(self, key: str) -> RunLock:
+    def _take_slot(self, key: str) -> tuple[RunLock, int]:
         Path(self.slots_dir).mkdir(parents=True, exist_ok=True)
         waiting = self._lock(f"wait-{key}.lock")
         try:
@@ -214,7 +241,7 @@ class SlotLimited(submitit.helpers.Checkpointable):
                         lock = self._lock(f"slot{i}.lock")
                         try:
                             lock.acquire()
-                            return lock
+                            return lock, i
                         except LockTimeoutError:
                             continue
                 # Waiters poll: 0.5 s keeps eight of them under a tenth of a core, and a slot's
@@ -229,7 +256,8 @@ class SlotLimited(submitit.helpers.Checkpointable):
         resumed = inner(*args, **kwargs) if inner is not None else None
         if resumed is None:
             return None
-        wrapped = SlotLimited(resumed.function, self.slots_dir, self.num_slots, self.lock_kind)
+        wrapped = SlotLimited(resumed.function, self.slots_dir, self.num_slots, self.lock_kind,
+                              self.gpus_per_slot)
         return DelayedSubmission(wrapped, *resumed.args, **resumed.kwargs)
 
 
@@ -240,7 +268,8 @@ def make_executor(cfg: LaunchConfig, folder: Path, job_name: str) -> submitit.Ex
     if cfg.executor == "local":
         ex = submitit.LocalExecutor(folder, max_num_timeout=cfg.max_num_timeout, python=cfg.python)
         params: dict[str, Any] = {"timeout_min": cfg.timeout_min,
-                                  "signal_delay_s": cfg.signal_delay_s}
+                                  "signal_delay_s": cfg.signal_delay_s,
+                                  "tasks_per_node": cfg.tasks_per_node}
         if cfg.gpus_per_task:
             params["gpus_per_node"] = cfg.gpus_per_task
         if cfg.setup:

@@ -123,7 +123,8 @@ class Launcher:
             call: Callable[..., Any] = fn
             if self.cfg.executor == "local":
                 call = SlotLimited(fn, str(self.store.locks_dir / "slots"),
-                                   self.cfg.array_parallelism, self.store.cfg.lock)
+                                   self.cfg.array_parallelism, self.store.cfg.lock,
+                                   gpus_per_slot=self.cfg.gpus_per_task)
             jobs = executor.map_array(call, dirs, [train_cfg] * len(cands))
         except Exception as exc:
             message = _submission_error_text(exc)
@@ -303,8 +304,9 @@ class Launcher:
         elapsed = info.elapsed_s or max(0.0, time.time() - h.submitted)
         if h.executor == "slurm" and info.source == "sacct":
             gpu_hours, requeues = info.gpu_hours, max(info.runs - 1, 0)
-        else:  # no accounting: wall time since submission times the GPUs asked for
-            gpu_hours = elapsed * self.cfg.gpus_per_task / 3600.0
+        else:  # no accounting: wall time since submission times every GPU of every task
+            gpus = self.cfg.gpus_per_task * self.cfg.tasks_per_node * self.cfg.nodes
+            gpu_hours = elapsed * gpus / 3600.0
             requeues = _count_requeues(h.files)
         record = read_json(paths.job, None) or {}
         if record.get("job_id") == h.job_id:

@@ -83,10 +83,19 @@ class LanguageModel(nn.Module):
             # Scaled residual-branch init (GPT-2) keeps the residual stream's variance flat.
             nn.init.normal_(block.mlp.down.weight, std=std / math.sqrt(2 * self.cfg.num_layers))
 
+    activation_checkpointing = False
+    """Recompute each block in backward instead of keeping its activations (set by the trainer
+    from runtime.activation_checkpointing)."""
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)  # [B, T, D]
         for block in self.blocks:
-            x = block(x)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                from torch.utils.checkpoint import checkpoint
+
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         return self.head(self.norm(x))  # [B, T, V]
 
 

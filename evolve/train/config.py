@@ -61,6 +61,9 @@ class TrackConfig:
     """Optimiser and schedule."""
     batch_size: int = 8
     """Sequences per step (global, over all data-parallel ranks)."""
+    micro_batch_size: int | None = None
+    """Sequences per forward/backward on one rank (None: batch_size / world size, no
+    accumulation). batch_size = micro_batch_size x accumulation steps x world size."""
     seq_len: int = 256
     """Tokens per sequence."""
     max_steps: int = 300
@@ -81,9 +84,25 @@ class TrackConfig:
         choice("task", self.task, TASKS)
         for name in ("batch_size", "seq_len", "max_steps", "log_every", "checkpoint_every"):
             positive(name, getattr(self, name))
+        if self.micro_batch_size is not None:
+            positive("micro_batch_size", self.micro_batch_size)
         if self.seq_len > self.model.max_seq_len:
             raise ValueError(f"seq_len={self.seq_len} exceeds model.max_seq_len="
                              f"{self.model.max_seq_len}")
+
+    def accumulation(self, world_size: int) -> tuple[int, int]:
+        """(micro-batch size, accumulation steps) on each of `world_size` ranks; ValueError
+        naming the keys when the global batch does not split evenly."""
+        if self.batch_size % world_size:
+            raise ValueError(f"batch_size={self.batch_size} does not split over {world_size} "
+                             f"ranks; make it a multiple of the number of tasks")
+        per_rank = self.batch_size // world_size
+        micro = self.micro_batch_size or per_rank
+        if per_rank % micro:
+            raise ValueError(f"micro_batch_size={micro} does not divide the per-rank batch "
+                             f"{per_rank} (batch_size={self.batch_size} over {world_size} "
+                             f"ranks)")
+        return micro, per_rank // micro
 
     def total_steps(self) -> int:
         if self.max_tokens is None:
@@ -107,6 +126,9 @@ class RuntimeConfig:
     """torch intra-op threads on CPU (0: torch's default)."""
     compile: bool = False
     """torch.compile the model (GPU only; slow to start, faster steps)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in backward instead of keeping them: less memory
+    (what lets a long context fit), about a third more compute."""
 
     def __post_init__(self) -> None:
         choice("device", self.device, DEVICES)

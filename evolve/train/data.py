@@ -75,6 +75,9 @@ class DataConfig:
     """Train the BPE on at most this many leading bytes of the corpus (never the validation)."""
     val_fraction: float = 0.05
     """The last this fraction of the tokens is the validation split."""
+    max_epochs: float = 4.0
+    """A token budget that would read the training split more than this many times is refused
+    before anything trains (evolve.train.budget)."""
     data_dir: str | None = None
     """Where corpora, tokenizers and shards are cached (None: $EVOLVE_DATA or
     ~/.cache/evolve/data)."""
@@ -89,6 +92,7 @@ class DataConfig:
         if not 0.0 < self.val_fraction <= 0.5:
             raise ValueError(f"val_fraction={self.val_fraction} must lie in (0, 0.5]")
         positive("bpe_train_bytes", self.bpe_train_bytes)
+        positive("max_epochs", self.max_epochs)
         if self.max_bytes is not None:
             positive("max_bytes", self.max_bytes)
         if self.tokenizer == "bpe" and self.tokenizer_path is None \
@@ -263,28 +267,33 @@ class TokenData:
                               f"{len(split):,} tokens, fewer than seq_len + 1 = {seq_len + 1}")
 
     def train_batch(self, *, step: int, batch_size: int, seq_len: int, seed: int,
-                    rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets (int64 [batch_size, seq_len]) of random training windows.
+                    rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets (int64 [batch_size / world_size, seq_len]): rank `rank`'s rows
+        of the global batch of `batch_size` random training windows.
 
-        The windows depend only on (seed, rank, step): resuming at a step repeats nothing
-        and skips nothing, and data-parallel ranks read different windows.
+        The global batch depends only on (seed, step), and each rank takes its own slice: resuming
+        at a step repeats nothing and skips nothing, data-parallel ranks read different windows,
+        and N ranks together train on exactly the batch one process would.
         """
         import numpy as np
         import torch
 
         self._check_len(self.train, "train", seq_len)
-        rng = np.random.default_rng([seed, rank, step])
+        rng = np.random.default_rng([seed, 0, step])
+        per_rank = batch_size // world_size
         starts = rng.integers(0, len(self.train) - seq_len, size=batch_size)
+        starts = starts[rank * per_rank:(rank + 1) * per_rank]
         w = torch.from_numpy(self.train[starts[:, None] + np.arange(seq_len + 1)].astype(np.int64))
         return w[:, :-1], w[:, 1:]
 
     def train_batches(self, *, batch_size: int, seq_len: int, seed: int, start_step: int = 0,
-                      rank: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                      rank: int = 0, world_size: int = 1
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """`train_batch` for step = start_step, start_step + 1, ... (endless)."""
         step = start_step
         while True:
             yield self.train_batch(step=step, batch_size=batch_size, seq_len=seq_len, seed=seed,
-                                   rank=rank)
+                                   rank=rank, world_size=world_size)
             step += 1
 
     def val_windows(self, *, seq_len: int, max_windows: int | None = None) -> np.ndarray:

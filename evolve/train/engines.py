@@ -1,16 +1,24 @@
-"""Optimisation engines: plain PyTorch (CPU, or one GPU) and DeepSpeed (bf16, ZeRO, multi-GPU).
+"""Optimisation engines: plain PyTorch (DDP over N ranks) and DeepSpeed (bf16, ZeRO, N ranks).
 
 Both expose the same small interface so the training loop does not care which one runs:
 
-    engine = make_engine(model, optim_cfg, total_steps, runtime, device)
-    loss = engine.train_step(inputs, targets, step)      # forward, backward, clip, update
-    engine.save(folder); engine.load(folder)
+    engine = make_engine(model, optim_cfg, total_steps, runtime, device, micro, accumulation,
+                         ranks, group)
+    loss = engine.train_step(inputs, targets, step)      # this rank's rows of the global batch:
+                                                         # forward/backward per micro-batch,
+                                                         # clip, one update; the loss is the
+                                                         # global batch's (mean over ranks)
+    engine.save(folder, extra); engine.load(folder)      # every rank calls both
+
+With N ranks each trains on its slice of the global batch, gradients are averaged over ranks (and
+over micro-batches), so N ranks take the same step one process would on the whole batch.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from evolve.train.config import OptimConfig, RuntimeConfig
+from evolve.train.distributed import Ranks, mean_over_ranks
 
 IGNORE_INDEX = -100
 
@@ -61,39 +70,64 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class TorchEngine:
-    """AdamW in plain PyTorch; bf16 through autocast."""
+    """AdamW in plain PyTorch; bf16 through autocast; DistributedDataParallel over N ranks."""
 
     def __init__(self, model: nn.Module, cfg: OptimConfig, total_steps: int,
-                 runtime: RuntimeConfig, device: torch.device):
+                 runtime: RuntimeConfig, device: torch.device, accumulation: int = 1,
+                 ranks: Ranks = Ranks(), group: Any = None):
         self.model = model.to(device)
         self.cfg = cfg
         self.total_steps = total_steps
         self.device = device
+        self.accumulation = accumulation
+        self.ranks = ranks
+        self.group = group
         self.autocast = runtime.precision == "bf16"
         fused = device.type == "cuda"
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                            betas=tuple(cfg.betas), fused=fused)
-        self.forward_model = (torch.compile(self.model) if runtime.compile
-                              and device.type == "cuda" else self.model)
+        wrapped: nn.Module = self.model
+        if group is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            wrapped = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None,
+                process_group=group)
+        self.ddp = wrapped if group is not None else None
+        self.forward_model = (torch.compile(wrapped) if runtime.compile
+                              and device.type == "cuda" else wrapped)
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> dict:
         lr = lr_at(step, self.total_steps, self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logits = self.forward_model(inputs)
-        loss = lm_loss(logits, targets)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total = 0.0
+        micro_inputs, micro_targets = inputs.chunk(self.accumulation), targets.chunk(
+            self.accumulation)
+        for i, (x, y) in enumerate(zip(micro_inputs, micro_targets)):
+            last = i == self.accumulation - 1
+            # Gradients are all-reduced over ranks once, on the last micro-batch.
+            sync = self.ddp.no_sync() if self.ddp is not None and not last else nullcontext()
+            with sync:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                    enabled=self.autocast):
+                    logits = self.forward_model(x)
+                loss = lm_loss(logits, y) / self.accumulation
+                loss.backward()
+            total += loss.item()
         grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
                      if self.cfg.grad_clip > 0 else torch.tensor(0.0))
         self.optimizer.step()
-        return {"loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm)}
+        return {"loss": mean_over_ranks(total, self.group, self.device), "lr": lr,
+                "grad_norm": float(grad_norm)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def save(self, folder: Path, extra: dict[str, Any]) -> None:
+        if not self.ranks.is_main:  # every rank holds the same weights: rank 0 writes them
+            return
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / "engine.pt.tmp"
         torch.save({**self.state_dict(), "extra": extra}, tmp)
@@ -115,15 +149,17 @@ class DeepSpeedEngine:
     """DeepSpeed: bf16 and ZeRO from the runtime config, data parallel over the ranks."""
 
     def __init__(self, model: nn.Module, cfg: OptimConfig, total_steps: int,
-                 runtime: RuntimeConfig, device: torch.device, micro_batch: int):
+                 runtime: RuntimeConfig, device: torch.device, micro_batch: int,
+                 accumulation: int = 1, group: Any = None):
         import deepspeed
 
-        ensure_distributed_env()
         self.cfg = cfg
         self.total_steps = total_steps
+        self.accumulation = accumulation
+        self.group = group
         ds_config = {
             "train_micro_batch_size_per_gpu": micro_batch,
-            "gradient_accumulation_steps": 1,
+            "gradient_accumulation_steps": accumulation,
             "gradient_clipping": cfg.grad_clip,
             "bf16": {"enabled": runtime.precision == "bf16"},
             "zero_optimization": {"stage": runtime.zero_stage},
@@ -142,12 +178,17 @@ class DeepSpeedEngine:
         lr = lr_at(step, self.total_steps, self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        logits = self.engine(inputs.to(self.device))
-        loss = lm_loss(logits, targets.to(self.device))
-        self.engine.backward(loss)
-        self.engine.step()
+        total = 0.0
+        # DeepSpeed scales each micro-batch's loss by 1/accumulation and steps the optimiser
+        # (all-reducing gradients over ranks) only at the accumulation boundary.
+        for x, y in zip(inputs.chunk(self.accumulation), targets.chunk(self.accumulation)):
+            logits = self.engine(x.to(self.device))
+            loss = lm_loss(logits, y.to(self.device))
+            self.engine.backward(loss)
+            self.engine.step()
+            total += loss.item() / self.accumulation
         grad_norm = self.engine.get_global_grad_norm()
-        return {"loss": loss.item(), "lr": lr,
+        return {"loss": mean_over_ranks(total, self.group, self.device), "lr": lr,
                 "grad_norm": float(grad_norm) if grad_norm is not None else 0.0}
 
     def save(self, folder: Path, extra: dict[str, Any]) -> None:
@@ -163,29 +204,14 @@ class DeepSpeedEngine:
         return (client or {}).get("extra")
 
 
-def ensure_distributed_env() -> None:
-    """Fill in torch.distributed's variables from Slurm's, or for a single process.
-
-    Without them DeepSpeed falls back to discovering ranks through mpi4py.
-    """
-    env = os.environ
-    if "RANK" not in env:
-        env["RANK"] = env.get("SLURM_PROCID", "0")
-        env["WORLD_SIZE"] = env.get("SLURM_NTASKS", "1") if "SLURM_PROCID" in env else "1"
-        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
-    env.setdefault("LOCAL_RANK", "0")
-    env.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in env:
-        # A port derived from the job id keeps concurrent jobs on one node apart.
-        job = int(env.get("SLURM_JOB_ID", os.getpid()))
-        env["MASTER_PORT"] = str(20000 + job % 20000)
-
-
-def pick_device(runtime: RuntimeConfig) -> torch.device:
+def pick_device(runtime: RuntimeConfig, ranks: Ranks = Ranks()) -> torch.device:
+    """This rank's device: its local rank's GPU among those visible (one per task when Slurm
+    binds GPUs to tasks), else the CPU."""
     if runtime.device == "cuda" or (runtime.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("runtime.device=cuda but torch sees no CUDA device")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        visible = torch.cuda.device_count()
+        return torch.device("cuda", ranks.local_rank if ranks.local_rank < visible else 0)
     return torch.device("cpu")
 
 
@@ -204,7 +230,11 @@ def use_deepspeed(runtime: RuntimeConfig, device: torch.device) -> bool:
 
 
 def make_engine(model: nn.Module, cfg: OptimConfig, total_steps: int, runtime: RuntimeConfig,
-                device: torch.device, micro_batch: int):
+                device: torch.device, micro_batch: int, accumulation: int = 1,
+                ranks: Ranks = Ranks(), group: Any = None):
+    if runtime.activation_checkpointing:
+        model.activation_checkpointing = True
     if use_deepspeed(runtime, device):
-        return DeepSpeedEngine(model, cfg, total_steps, runtime, device, micro_batch)
-    return TorchEngine(model, cfg, total_steps, runtime, device)
+        return DeepSpeedEngine(model, cfg, total_steps, runtime, device, micro_batch,
+                               accumulation, group)
+    return TorchEngine(model, cfg, total_steps, runtime, device, accumulation, ranks, group)

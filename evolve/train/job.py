@@ -32,18 +32,17 @@ from evolve.config.loading import to_dict
 from evolve.state.fsio import atomic_write_json
 from evolve.model.contract import MixerLoadError, load_mixer_class, resolve_mixer_path
 from evolve.train.presets import TrainConfig, train_config_from_dict
+from evolve.train.distributed import Ranks, setup_ranks
 from evolve.train.loop import DeferredSignals, Interrupted, TrackOutcome, run_track
 
 RESULT_VERSION = 1
 
 
-def _batches(name: str, cfg: TrainConfig, seed: int):
-    import os
-
-    rank = int(os.environ.get("RANK", "0"))
+def _batches(name: str, cfg: TrainConfig, seed: int, ranks: Ranks = Ranks()):
+    """`batches(step)`: this rank's rows of the global batch of each step; and the data."""
+    rank, world = ranks.rank, ranks.world_size
     track = cfg.tracks()[name]
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    per_rank = max(1, track.batch_size // world)
+    track.accumulation(world)  # the global batch must split over the ranks: say so now
     if name == "lm":
         from evolve.train.data import load_data
 
@@ -51,20 +50,33 @@ def _batches(name: str, cfg: TrainConfig, seed: int):
         if data.tokenizer.vocab_size > track.model.vocab_size:
             raise ValueError(f"lm.model.vocab_size={track.model.vocab_size} is smaller than the "
                              f"tokenizer's vocabulary ({data.tokenizer.vocab_size})")
-        return (lambda step: data.train_batch(step=step, batch_size=per_rank,
-                                              seq_len=track.seq_len, seed=seed, rank=rank)), data
+        return (lambda step: data.train_batch(step=step, batch_size=track.batch_size,
+                                              seq_len=track.seq_len, seed=seed, rank=rank,
+                                              world_size=world)), data
     from evolve.train.mqar import mqar_batch
 
-    return (lambda step: mqar_batch(cfg.mqar_task, step=step, batch_size=per_rank, seed=seed,
-                                    rank=rank)), None
+    return (lambda step: mqar_batch(cfg.mqar_task, step=step, batch_size=track.batch_size,
+                                    seed=seed, rank=rank, world_size=world)), None
 
 
 def _evaluate(name: str, outcome: TrackOutcome, cfg: TrainConfig, data: Any) -> dict[str, Any]:
-    from evolve.train import evaluate
+    """The track's scores, in the precision it trained in: a bf16 training is scored in bf16 by
+    both engines (the torch engine under autocast; DeepSpeed's module holds bf16 weights), so
+    a score does not depend on which engine ran. (Scoring DeepSpeed's fp32 master weights
+    instead would mean gathering the optimiser's ZeRO shards on one rank.)"""
+    import torch
 
     model = outcome.model
     assert model is not None
     model.eval()
+    device = next(model.parameters()).device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.runtime.precision == "bf16"):
+        return _scores(name, model, cfg, data)
+
+
+def _scores(name: str, model: Any, cfg: TrainConfig, data: Any) -> dict[str, Any]:
+    from evolve.train import evaluate
+
     if name == "mqar":
         by_pairs = evaluate.mqar_accuracy(model, cfg.mqar_task)
         return {"by_pairs": {str(p): acc for p, acc in by_pairs.items()},
@@ -107,14 +119,21 @@ def _headline(tracks: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def train_candidate(mixer: str | Path, cfg: TrainConfig, folder: Path,
-                    signals: DeferredSignals, on_step=None) -> dict[str, Any]:
-    """Train every track of `cfg` for the mixer; write and return result.json's content."""
+                    signals: DeferredSignals, on_step=None,
+                    ranks: Ranks = Ranks()) -> dict[str, Any]:
+    """Train every track of `cfg` for the mixer; write and return result.json's content.
+
+    With N ranks every rank trains; rank 0 alone evaluates and writes done.json and
+    result.json (the others return what they trained, unwritten)."""
+    from evolve.kernels.dispatch import reset_used_backends, used_backends
+
     folder.mkdir(parents=True, exist_ok=True)
     train_dir = folder / "train"
     started = time.time()
     result: dict[str, Any] = {
         "version": RESULT_VERSION, "mixer": str(mixer), "seed": cfg.seed, "status": "ok",
-        "host": platform.node(), "config": to_dict(cfg), "tracks": {},
+        "host": platform.node(), "world_size": ranks.world_size, "config": to_dict(cfg),
+        "tracks": {},
     }
     try:
         mixer_cls = load_mixer_class(mixer)
@@ -123,12 +142,18 @@ def train_candidate(mixer: str | Path, cfg: TrainConfig, folder: Path,
             if done_file.exists():
                 result["tracks"][name] = json.loads(done_file.read_text())
                 continue
-            batches, data = _batches(name, cfg, cfg.seed)
+            batches, data = _batches(name, cfg, cfg.seed, ranks)
+            reset_used_backends()
             outcome = run_track(name, track, cfg.runtime, mixer_cls, batches, train_dir,
                                 cfg.seed, signals, mixer_source=str(mixer),
                                 on_step=(lambda s, loss, n=name: on_step(n, s, loss))
-                                if on_step else None)
+                                if on_step else None, ranks=ranks)
             summary = outcome.summary()
+            # Which kernel each op ran on (chunk on CPU, fla on a GPU where fla works), and why.
+            summary["kernel_backends"] = used_backends()
+            if not ranks.is_main:
+                result["tracks"][name] = summary
+                continue
             if outcome.status in ("done", "time_budget"):
                 summary["eval"] = _evaluate(name, outcome, cfg, data)
             done_file.parent.mkdir(parents=True, exist_ok=True)
@@ -147,8 +172,13 @@ def train_candidate(mixer: str | Path, cfg: TrainConfig, folder: Path,
         result.update(status="failed", reason=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc())
     result["metrics"] = _headline(result["tracks"])
+    result["kernel_backends"] = {op: sorted({b for t in result["tracks"].values()
+                                             for b in t.get("kernel_backends", {}).get(op, {})})
+                                 for op in sorted({op for t in result["tracks"].values()
+                                                   for op in t.get("kernel_backends", {})})}
     result["wall_s"] = round(time.time() - started, 2)
-    atomic_write_json(folder / "result.json", result)
+    if ranks.is_main:
+        atomic_write_json(folder / "result.json", result)
     return result
 
 
@@ -163,12 +193,15 @@ class TrainJob(submitit.helpers.Checkpointable):
         self._signals: DeferredSignals | None = None
 
     def __call__(self, candidate_dir: str, train_cfg: dict[str, Any]) -> dict[str, Any]:
+        # First, before anything picks a device, a data shard or a micro-batch size.
+        ranks = setup_ranks()
         cfg = train_config_from_dict(train_cfg)
         folder = Path(candidate_dir)
         self._signals = DeferredSignals()
         self._signals.install()
         try:
-            return train_candidate(folder / "mixer.py", cfg, folder, self._signals)
+            return train_candidate(folder / "mixer.py", cfg, folder, self._signals,
+                                   ranks=ranks)
         finally:
             self._signals.restore()
 
@@ -185,7 +218,10 @@ class TrainJob(submitit.helpers.Checkpointable):
 
 def train_foreground(mixer: str, cfg: TrainConfig, folder: Path, preset: str = "") -> dict:
     """`evolve train`: copy the mixer into `folder`, train with a progress bar, return result."""
+    from evolve.train.budget import check_token_budget
+
     source = resolve_mixer_path(mixer)
+    check_token_budget(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "mixer.py"
     if not target.exists() or target.read_bytes() != source.read_bytes():

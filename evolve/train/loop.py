@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import resource
 import signal
@@ -30,6 +29,7 @@ from evolve.train.engines import make_engine, pick_device
 from evolve.state.fsio import atomic_write_text
 from evolve.model.lm import LanguageModel, count_params
 from evolve.train.config import RuntimeConfig, TrackConfig
+from evolve.train.distributed import Ranks, agree_to_stop, init_process_group
 
 PREEMPT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 Batches = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
@@ -59,6 +59,10 @@ class DeferredSignals:
         self.on_signal: Callable[[int], None] | None = None
         self.save_hook: Callable[[], None] | None = None
         """Saves the live training state; set by the training loop while a track runs."""
+        self.group: Any = None
+        """With N ranks: their process group. A signal is then acted on only when all ranks
+        agree, at the same step, since the checkpoint is collective."""
+        self.device: Any = "cpu"
         self._saved: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -75,7 +79,8 @@ class DeferredSignals:
     def _handler(self, old: Any) -> Callable[[int, FrameType | None], None]:
         def handle(signum: int, frame: FrameType | None) -> None:
             self.pending.append((old, signum))
-            if not self.in_step:
+            # With N ranks a signal waits for the next step boundary, where all ranks agree.
+            if not self.in_step and self.group is None:
                 self.flush()
         return handle
 
@@ -98,7 +103,30 @@ class DeferredSignals:
             yield
         finally:
             self.in_step = False
+        if self.group is None:
+            self.flush()
+        elif agree_to_stop(bool(self.pending), self.group, self.device):
+            self._stop_together()
+
+    def _stop_together(self, wait_s: float = 60.0, linger_s: float = 300.0) -> None:
+        # Every rank saves at this same step (the checkpoint is collective), then acts on its own
+        # signal: submitit's handler checkpoints and requeues from rank 0 (Slurm then ends every
+        # task of the job) and returns on the other ranks. A rank whose signal has not arrived
+        # yet (the tasks are signalled one by one) waits for it.
+        if self.save_hook is not None:
+            self.save_hook()
+        self.save_hook = None
+        deadline = time.monotonic() + wait_s
+        while not self.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        signum = self.pending[0][1] if self.pending else signal.SIGTERM
         self.flush()
+        # Still here: not the rank that requeues. Training on alone would hang in the next
+        # collective, and an error would be reported as the job's failure: wait to be ended.
+        deadline = time.monotonic() + linger_s
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+        raise Interrupted(signum, -1)
 
 
 @dataclass
@@ -139,15 +167,44 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class MetricsLog:
-    """train/metrics.jsonl: one JSON object a line, flushed per line."""
+    """train/metrics.jsonl: one JSON object a line, flushed per line; and the same curves as
+    TensorBoard event files in train/tensorboard/, so `tensorboard --logdir state/RUN` shows
+    every candidate's training."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, enabled: bool = True):
         self.path = path
+        self.enabled = enabled
+        """False on ranks other than 0: one training, one curve."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._board: Any = None
+        self.purge_step: int | None = None
+        """On a resume, TensorBoard drops the events of the steps the resume repeats."""
+
+    def _scalars(self, row: dict[str, Any]) -> None:
+        if "track" not in row or "step" not in row:
+            return
+        if self._board is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._board = SummaryWriter(str(self.path.parent / "tensorboard"), flush_secs=30,
+                                        purge_step=self.purge_step)
+        for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mem_mb"):
+            if isinstance(row.get(key), (int, float)):
+                self._board.add_scalar(f"{row['track']}/{key}", row[key], row["step"],
+                                       walltime=row.get("time"))
+
+    def flush(self) -> None:
+        if self._board is not None:
+            self._board.flush()
+
+    def close(self) -> None:
+        if self._board is not None:
+            self._board.close()
+            self._board = None
 
     def truncate_after(self, track: str, step: int) -> None:
         """Drop lines of `track` past `step`: they came from steps that the resume repeats."""
-        if not self.path.exists():
+        if not self.enabled or not self.path.exists():
             return
         kept = []
         for line in self.path.read_text().splitlines():
@@ -161,33 +218,43 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
             fh.flush()
+        self._scalars(row)
 
 
 def run_track(name: str, cfg: TrackConfig, runtime: RuntimeConfig, mixer_cls: type,
               batches: Batches, folder: Path, seed: int, signals: DeferredSignals,
-              mixer_source: str = "mixer", on_step: Callable[[int, float], None] | None = None
-              ) -> TrackOutcome:
-    """Train one track to its budget, resuming from `folder/<name>/` if a checkpoint is there."""
+              mixer_source: str = "mixer", on_step: Callable[[int, float], None] | None = None,
+              ranks: Ranks = Ranks()) -> TrackOutcome:
+    """Train one track to its budget, resuming from `folder/<name>/` if a checkpoint is there.
+
+    With N ranks, `batches(step)` gives this rank's rows of the global batch; every rank runs
+    this function, rank 0 alone writes the metrics."""
     seed_everything(seed)
-    device = pick_device(runtime)
+    device = pick_device(runtime, ranks)
     if runtime.num_threads and device.type == "cpu":
         torch.set_num_threads(runtime.num_threads)
+    micro, accumulation = cfg.accumulation(ranks.world_size)
+    group = init_process_group(ranks, device.type)
+    signals.group, signals.device = group, device
     model = LanguageModel(cfg.model, mixer_cls, mixer_source)
     num_params = count_params(model)
     total = cfg.total_steps()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    engine = make_engine(model, cfg.optim, total, runtime, device, max(1, cfg.batch_size // world))
+    engine = make_engine(model, cfg.optim, total, runtime, device, micro, accumulation, ranks,
+                         group)
     ckpt_dir = folder / name
-    metrics = MetricsLog(folder / "metrics.jsonl")
+    metrics = MetricsLog(folder / "metrics.jsonl", enabled=ranks.is_main)
     extra = engine.load(ckpt_dir) or {}
     start = extra.get("step", 0)
     tokens = extra.get("tokens", 0)
     elapsed = extra.get("elapsed", 0.0)
     last_loss = extra.get("loss", float("nan"))
     if start:
+        metrics.purge_step = start + 1
         metrics.truncate_after(name, start)
         metrics.write({"event": "resume", "track": name, "step": start, "time": time.time()})
 
@@ -196,6 +263,7 @@ def run_track(name: str, cfg: TrackConfig, runtime: RuntimeConfig, mixer_cls: ty
     def save() -> None:
         engine.save(ckpt_dir, {"step": state["step"], "tokens": tokens, "loss": last_loss,
                                "elapsed": elapsed + (time.time() - t0)})
+        metrics.flush()
 
     def foreground_stop(signum: int) -> None:
         save()
@@ -235,10 +303,13 @@ def run_track(name: str, cfg: TrackConfig, runtime: RuntimeConfig, mixer_cls: ty
                 break
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
                 save()
-            if cfg.max_time_s and elapsed + time.time() - t0 > cfg.max_time_s:
+            # Ranks' clocks differ: they agree, so that all stop at the same step.
+            if cfg.max_time_s and agree_to_stop(elapsed + time.time() - t0 > cfg.max_time_s,
+                                                group, device):
                 status, reason = "time_budget", f"stopped by max_time_s={cfg.max_time_s}"
                 break
     signals.save_hook = None
+    metrics.close()
     if status in ("done", "time_budget"):
         save()
     done_steps = state["step"]

@@ -137,18 +137,22 @@ def _distinct(rng: np.random.Generator, n: int, k: int, p: int) -> np.ndarray:
 
 
 def mqar_batch(cfg: MQARConfig, *, step: int, batch_size: int, seed: int, rank: int = 0,
-               num_kv_pairs: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A training batch (inputs, labels), int64 [batch_size, seq_len]; a function of
-    (seed, rank, step) only, so a resumed job draws the same batches and ranks differ."""
+               world_size: int = 1, num_kv_pairs: int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank `rank`'s rows (inputs, labels), int64 [batch_size / world_size, seq_len], of the
+    global training batch; a function of (seed, step) only, so a resumed job draws the same
+    batches, ranks differ, and N ranks together see what one process would."""
     import numpy as np
     import torch
 
-    rng = np.random.default_rng([seed, 0, step, rank])
+    rng = np.random.default_rng([seed, 0, step, 0])
     x, y = generate_mqar(rng, num_examples=batch_size, vocab_size=cfg.vocab_size,
                          seq_len=cfg.seq_len, power_a=cfg.power_a,
                          random_non_queries=cfg.random_non_queries,
                          num_kv_pairs=cfg.num_kv_pairs if num_kv_pairs is None else num_kv_pairs)
-    return torch.from_numpy(x), torch.from_numpy(y)
+    per_rank = batch_size // world_size
+    rows = slice(rank * per_rank, (rank + 1) * per_rank)
+    return torch.from_numpy(x[rows]), torch.from_numpy(y[rows])
 
 
 def mqar_eval_set(cfg: MQARConfig, num_kv_pairs: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -101,8 +101,14 @@ def tiny() -> TrainConfig:
 
 
 def explore() -> TrainConfig:
-    """The published exploration setting: ~20M parameters, ~1B tokens, one GPU, bf16."""
-    model = ModelConfig(vocab_size=256, hidden_size=256, num_layers=8, num_heads=8,
+    """The published exploration setting: ~20M parameters, ~1B tokens, one GPU, bf16.
+
+    The corpus must be named by the user (train.data.corpus): ~1B tokens would read the default
+    Shakespeare (~1.2M BPE tokens) hundreds of times, which `check_token_budget` refuses. The
+    tokenizer is a byte-level BPE of 8,192 tokens trained offline on the corpus (or the site's
+    file in data.tokenizer_path); bits per byte stay exact through the tokenizer's byte counts.
+    """
+    model = ModelConfig(vocab_size=8192, hidden_size=256, num_layers=8, num_heads=8,
                         conv_size=4, chunk_size=64, max_seq_len=2048, target_params=20_000_000,
                         tie_embeddings=False)
     lm = TrackConfig(
@@ -122,7 +128,7 @@ def explore() -> TrainConfig:
     )
     return TrainConfig(
         lm=lm, mqar=mqar,
-        data=DataConfig(corpus="shakespeare", tokenizer="byte"),
+        data=DataConfig(corpus="shakespeare", tokenizer="bpe", bpe_vocab_size=8192),
         mqar_task=MQARConfig(vocab_size=8192, seq_len=256, num_kv_pairs=32,
                              eval_num_kv_pairs=(16, 32, 64), num_eval_examples=2048,
                              random_non_queries=True),
@@ -132,14 +138,29 @@ def explore() -> TrainConfig:
 
 
 def verify() -> TrainConfig:
-    """~340M parameters on several GPUs: the re-run of the best candidates at scale."""
+    """~340M parameters on several GPUs: the re-run of the best candidates at scale.
+
+    Run it with `launch.tasks_per_node` GPUs (8 is the intended node; any divisor of 16 works).
+    The global batch is 64 x 2048 tokens, micro-batches of 4 sequences per GPU, so 8 GPUs
+    accumulate 2 micro-batches a step and 1 GPU accumulates 16. Memory per GPU, bf16 with
+    DeepSpeed ZeRO-2 over N GPUs and activation checkpointing:
+    - weights (bf16) 340M x 2 B = 0.68 GB on every GPU;
+    - fp32 master weights and Adam's two moments, 340M x 12 B = 4.1 GB, and the fp32 gradient
+      buckets, 1.4 GB, sharded by ZeRO-2: 0.7 GB each on 8 GPUs (5.5 GB on one);
+    - activations with checkpointing: each block's input, 4 x 2048 x 1024 x 2 B = 17 MB x 24
+      blocks = 0.4 GB, plus one block's recomputed working set (mixer and SwiGLU, ~2 GB at
+      this micro-batch) and the logits, 4 x 2048 x 8192 x 4 B = 0.27 GB with their gradient;
+    about 4 GB on each of 8 GPUs and 9 GB on one: within a 40 GB A100 either way, and room to
+    turn checkpointing off (about 34 x 4 x 2048 x 1024 x 24 B ~ 7 GB more) on 80 GB GPUs.
+    """
     base = explore()
     assert base.lm is not None
     model = replace(base.lm.model, hidden_size=1024, num_layers=24, num_heads=16,
                     target_params=340_000_000)
-    lm = replace(base.lm, model=model, batch_size=64, max_steps=120_000,
+    lm = replace(base.lm, model=model, batch_size=64, micro_batch_size=4, max_steps=120_000,
                  max_tokens=15_000_000_000, checkpoint_every=2000)
-    return replace(base, lm=lm, runtime=replace(base.runtime, zero_stage=2))
+    return replace(base, lm=lm, runtime=replace(base.runtime, zero_stage=2,
+                                                activation_checkpointing=True))
 
 
 PRESETS: dict[str, Callable[[], TrainConfig]] = {"tiny": tiny, "explore": explore,
