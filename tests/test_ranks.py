@@ -80,8 +80,9 @@ def assert_same_curve(one: list[float], two: list[float]) -> None:
 
 
 @pytest.mark.slow
-def test_two_local_ranks_train_as_one_process(tmp_path: Path) -> None:
-    cfg = mqar_config()
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_two_local_ranks_train_as_one_process(tmp_path: Path, zero_stage: int) -> None:
+    cfg = mqar_config(zero_stage=zero_stage)
     one = train(tmp_path, "one", "local", 1, cfg)
     two = train(tmp_path, "two", "local", 2, cfg)
     assert_same_curve(losses(tmp_path / "one"), losses(tmp_path / "two"))
