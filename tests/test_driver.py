@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_config_dict
 
 from evolve.views.board import leaderboard, status
 from evolve.search.run_config import load_run_config
@@ -25,22 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def mini_config(tmp_path: Path, executor: str = "local", **search) -> Path:
-    cfg = {
-        "name": "mini", "root": str(tmp_path / "state"), "preset": "tiny",
-        "train": {"lm": {"max_steps": 6, "checkpoint_every": 3, "log_every": 2},
-                  "mqar": {"max_steps": 6, "batch_size": 16, "checkpoint_every": 3,
-                           "log_every": 2},
-                  "eval": {"lm_eval_tasks": [], "bpb_windows": 4},
-                  "mqar_task": {"num_eval_examples": 32},
-                  "runtime": {"num_threads": 1}},
-        "search": {"proposer": "mutator", "max_candidates": 4, "generation_size": 2,
-                   "max_in_flight": 4, "baselines": ["deltanet", "linear_attention"],
-                   "poll_s": 0.3, **search},
-        "launch": {"executor": executor, "array_parallelism": 2, "timeout_min": 20,
-                   "poll_s": 0.5},
-    }
+    launch = {"executor": executor}
     if executor == "slurm":
-        cfg["launch"].update(cpus_per_task=1, mem_gb=2, python=sys.executable)
+        launch.update(cpus_per_task=1, mem_gb=2, python=sys.executable)
+    cfg = run_config_dict(tmp_path / "state", search={"max_candidates": 4, **search},
+                          launch=launch)
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -115,10 +115,10 @@ def test_engineer_round_on_a_planted_shape_error(server, tmp_path):
                     check=lambda code: structural_check(code, tmp_path / "repaired"))
     assert result.attempts == 1 and len(result.records) == 1
     outcome = result.records[0]["outcome"]
-    if result.ok:  # SmolLM2 rarely manages; either way the round is recorded
-        assert result.verified and outcome["ok"]
-    else:
-        assert result.error and outcome["ok"] is False and outcome["error"] == result.error
+    # SmolLM2-135M does not fix the file (at seed 0 its answer is cut at the token limit): the
+    # round is a failure, recorded with its reason, and the planted file is not taken as fixed.
+    assert not result.ok and not result.verified and result.error
+    assert outcome == {"ok": False, "error": result.error}
     path = record_call(tmp_path / "c000003", result.records[0])
     assert json.loads(path.read_text())["outcome"] == outcome
 

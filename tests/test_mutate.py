@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_space import assert_allowed_imports, needs_kernels, skip_without
+from test_space import assert_allowed_imports, skip_without
 
 from evolve.model.edits import (
     Edit,
@@ -145,7 +145,6 @@ def test_two_hundred_children_render_to_allowed_self_describing_code() -> None:
         assert spec_from_source(source) == child.spec
 
 
-@needs_kernels
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_a_sample_of_children_builds_and_runs(device: str, tmp_path: Path) -> None:
     import torch

@@ -7,24 +7,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_config_dict
 
 from evolve.state.store import Store
 from study_tools import load_study_tool
 
 def tiny_config(tmp_path: Path) -> Path:
-    cfg = {
-        "name": "ignored", "root": str(tmp_path / "ignored"), "preset": "tiny",
-        "train": {"lm": {"max_steps": 5, "checkpoint_every": 5, "log_every": 5},
-                  "mqar": {"max_steps": 5, "batch_size": 16, "checkpoint_every": 5,
-                           "log_every": 5},
-                  "eval": {"lm_eval_tasks": [], "bpb_windows": 4},
-                  "mqar_task": {"num_eval_examples": 32},
-                  "runtime": {"num_threads": 1}},
-        "search": {"proposer": "auto", "generation_size": 2, "max_in_flight": 2,
-                   "baselines": ["deltanet"], "poll_s": 0.3},
-        "launch": {"executor": "local", "array_parallelism": 2, "timeout_min": 20,
-                   "poll_s": 0.5},
-    }
+    cfg = run_config_dict(tmp_path / "ignored", name="ignored", steps=5, checkpoint_every=5,
+                          log_every=5, search={"proposer": "auto", "max_in_flight": 2,
+                                               "baselines": ["deltanet"]})
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

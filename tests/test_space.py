@@ -45,21 +45,6 @@ def assert_allowed_imports(source: str) -> None:
             or module.startswith("evolve.kernels."), module
 
 
-def kernels_available() -> bool:
-    try:
-        from evolve.kernels import delta_rule, gated_delta_rule, gla, linear_attn  # noqa: F401
-        from evolve.kernels import short_conv  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_kernels = pytest.mark.skipif(
-    not kernels_available(),
-    reason="evolve.kernels does not export linear_attn/delta_rule/gated_delta_rule/gla/"
-           "short_conv yet: rendered mixers cannot run")
-
-
 def random_spec(rng: random.Random) -> MixerSpec:
     """A repaired uniform draw over every field (wider than the mutator's neighbourhoods)."""
     while True:
@@ -198,7 +183,6 @@ def _same_seed_pair(name: str, conv_size: int, tmp_path: Path):
     return hand, rendered
 
 
-@needs_kernels
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("conv_size", [4, 0])
 @pytest.mark.parametrize("name", BASELINE_NAMES)
@@ -230,7 +214,6 @@ def test_rendered_baseline_is_equivalent_to_the_hand_written_one(
     torch.testing.assert_close(x_rendered.grad, x_hand.grad, rtol=1e-4, atol=1e-4)
 
 
-@needs_kernels
 def test_window_attention_is_masked_causal_softmax_over_the_window() -> None:
     import torch
 
@@ -249,7 +232,6 @@ def test_window_attention_is_masked_causal_softmax_over_the_window() -> None:
         torch.testing.assert_close(window_attention(q, k, v, 16), expected)
 
 
-@needs_kernels
 def test_random_rendered_mixers_are_causal(tmp_path: Path) -> None:
     import torch
 

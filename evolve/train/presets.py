@@ -4,7 +4,7 @@
     cfg = load_train_config("tiny", "my.yaml")            # a preset with a YAML file's overrides
 
 Presets are plain functions returning a TrainConfig; a scale is a preset, never a code path.
-- tiny: CPU, about two minutes per training (calibrated in docs/BASELINES.md).
+- tiny: CPU, 3-29 min per training on one thread (191-1735 s measured in docs/BASELINES.md).
 - explore: the published exploration setting (~20M parameters, 8 layers, hidden 256, 8 heads,
   context 2048, AdamW 3e-4, WSD, bf16, ~1B tokens on one GPU).
 - verify: ~340M parameters (24 layers, hidden 1024), multi-GPU DeepSpeed.

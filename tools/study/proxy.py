@@ -110,8 +110,8 @@ def values(row: dict[str, Any], metric: str) -> list[float]:
 
 def orderings(table: dict[str, Any]) -> list[dict[str, Any]]:
     """The published orderings, each as a difference with its 95% interval (Welch): 'holds'
-    when the interval lies on the claimed side of zero; 'at least as good' claims hold unless
-    the interval lies wholly on the wrong side."""
+    when the interval lies on the claimed side of zero ('at least as good': touches zero at
+    most), 'fails' when it lies wholly on the other side, 'inconclusive' when it covers both."""
     out = []
     for name, a, b, metric, sign in CLAIMS:
         if a not in table or b not in table:
@@ -120,11 +120,13 @@ def orderings(table: dict[str, Any]) -> list[dict[str, Any]]:
         if not va or not vb:
             continue
         diff, half = diff_ci([sign * v for v in va], [sign * v for v in vb])
-        if "at least as good" in name:
-            verdict = "holds" if not diff + half < 0 else "fails"
+        at_least = "at least as good" in name
+        if diff - half > 0 or (at_least and diff - half >= 0):
+            verdict = "holds"
+        elif diff + half < 0:
+            verdict = "fails"
         else:
-            verdict = "holds" if diff - half > 0 else ("fails" if diff + half < 0 else
-                                                       "not resolved")
+            verdict = "inconclusive"
         out.append({"claim": name, "metric": metric, "difference": diff, "ci95": half,
                     "seeds": [len(va), len(vb)], "verdict": verdict})
     return out
