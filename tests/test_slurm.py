@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -268,6 +269,20 @@ def test_llm_server_job_announces_and_cleans_up(tmp_path: Path,
 
 
 @pytest.mark.slow
+def interrupt_after_five_steps(launcher: Launcher, cid: str, losses: Any, within_s: float) -> None:
+    """Once the training logged five steps, send it USR2 (as Slurm before its time limit);
+    it must checkpoint, requeue and finish."""
+    deadline = time.time() + within_s
+    while len(losses()) < 5:
+        status = launcher.poll().get(cid)
+        assert status in (None, "running"), (status, read_json(
+            launcher.store.candidate(cid).error, None))
+        assert time.time() < deadline, f"no five training steps within {within_s} s"
+        time.sleep(0.2)
+    launcher.interrupt(cid)
+    assert launcher.wait(timeout_s=400, poll_s=1.0) == {cid: "done"}
+
+
 def test_real_train_job_requeues_and_resumes_on_slurm(tmp_path: Path) -> None:
     """evolve.train.job.TrainJob at a tiny size through the launcher: USR2, requeue, no repeats."""
     pytest.importorskip("torch")
@@ -290,14 +305,7 @@ def test_real_train_job_requeues_and_resumes_on_slurm(tmp_path: Path) -> None:
     losses = lambda: [r for r in jt.metrics(paths.dir) if "loss" in r]  # noqa: E731
     try:
         launcher.submit([cid], TrainJob(), to_dict(cfg))
-        deadline = time.time() + 240
-        while len(losses()) < 5:
-            status = launcher.poll().get(cid)
-            assert status in (None, "running"), (status, read_json(paths.error, None))
-            assert time.time() < deadline, "no five training steps within 240 s"
-            time.sleep(0.5)
-        launcher.interrupt(cid)
-        assert launcher.wait(timeout_s=300, poll_s=1.0) == {cid: "done"}
+        interrupt_after_five_steps(launcher, cid, losses, within_s=240)
     finally:
         jt.cleanup(store)
     result = read_json(paths.result)
@@ -334,14 +342,7 @@ def test_two_rank_deepspeed_training_requeues_and_repeats_no_step(tmp_path: Path
     losses = lambda: [r for r in jt.metrics(paths.dir) if "loss" in r]  # noqa: E731
     try:
         launcher.submit([cid], TrainJob(), to_dict(cfg))
-        deadline = time.time() + 300
-        while len(losses()) < 5:
-            status = launcher.poll().get(cid)
-            assert status in (None, "running"), (status, read_json(paths.error, None))
-            assert time.time() < deadline, "no five training steps within 300 s"
-            time.sleep(0.2)
-        launcher.interrupt(cid)
-        assert launcher.wait(timeout_s=400, poll_s=1.0) == {cid: "done"}
+        interrupt_after_five_steps(launcher, cid, losses, within_s=300)
     finally:
         jt.cleanup(store)
     result = read_json(paths.result)
