@@ -294,3 +294,38 @@ def test_mqar_structure(vocab: int, seq_len: int, pairs: int) -> None:
 def test_mqar_config_rejects_bad_values(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         MQARConfig(**kwargs)
+
+
+def write_hub_cache(cache_dir: Path, name: str, rows: list[dict]) -> None:
+    """A datasets cache holding `name` as load_dataset(name) finds it offline: written by
+    datasets' own json builder under the hub dataset's cache name, then laid out as a hub
+    download is (config folder 'default', the arrow file named after the dataset)."""
+    from datasets.packaged_modules.json.json import Json
+
+    src = cache_dir.parent / f"{name.replace('/', '_')}.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cache_name = name.replace("/", "___")
+    builder = Json(cache_dir=str(cache_dir), dataset_name=cache_name, hash="0" * 16,
+                   data_files={"train": str(src)})
+    builder.download_and_prepare()
+    built = Path(builder.cache_dir)  # <cache>/<cache_name>/default-<hash>/0.0.0/<hash>
+    config_dir = built.parents[1]
+    config_dir.rename(config_dir.with_name("default"))
+    version_dir = config_dir.with_name("default") / built.parent.name / built.name
+    (version_dir / f"{cache_name}-train.arrow").rename(
+        version_dir / f"{name.split('/')[-1]}-train.arrow")
+
+
+def test_hf_corpus_is_read_from_a_real_datasets_cache_offline(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "hf-cache"
+    rows = [{"text": f"document {i} of the site's corpus"} for i in range(40)]
+    write_hub_cache(cache, "someone/tiny-corpus", rows)
+    corpus = open_corpus("hf:someone/tiny-corpus", hf_cache_dir=str(cache))
+    assert [d.strip() for d in corpus.documents()] == [r["text"] for r in rows]
+    data = load_data(DataConfig(corpus="hf:someone/tiny-corpus", hf_cache_dir=str(cache),
+                                data_dir=str(tmp_path / "data")))
+    assert "document 7 of the site" in bytes(data.tokens).decode()
