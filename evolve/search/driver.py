@@ -54,7 +54,8 @@ class Driver:
                  proposer: Proposer | None = None) -> None:
         self.cfg = cfg
         self.store = Store.create(cfg.run_dir, to_dict(cfg), cfg=cfg.store, force=force,
-                                  upgrade=lambda frozen: to_dict(run_config_from_dict(frozen)))
+                                  upgrade=lambda frozen: to_dict(run_config_from_dict(frozen)),
+                                  announce=False)
         self.launcher = Launcher(self.store, cfg.launch)
         self.stop_reason: str | None = None
         self._proposals: dict[str, dict[str, Any]] = {}
@@ -99,7 +100,7 @@ class Driver:
 
     def run(self) -> int:
         """Run until the search is complete or asked to stop; 0 in both cases."""
-        with self.store.lock("driver", timeout_s=0):
+        with self.store.driver_lock():
             previous = self._install_signals()
             try:
                 if self.cfg.search.proposer in ("llm", "auto") or self.cfg.search.analyzer == "llm":

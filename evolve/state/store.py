@@ -37,6 +37,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import yaml
@@ -45,7 +46,7 @@ from evolve.state.fsio import (ConfigMismatchError, JournalCorruptError, NotARun
                          atomic_write_bytes, atomic_write_json, atomic_write_text, config_diff,
                          plain, read_json)
 from evolve.state.journal import CandidateState, Journal, Replay, replay_events
-from evolve.state.locks import LOCK_KINDS, LockTimeoutError, RunLock
+from evolve.state.locks import LOCK_KINDS, LockTimeoutError, RunLock, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,8 @@ class Store:
     @classmethod
     def create(cls, root: str | os.PathLike[str], config: dict[str, Any], *,
                cfg: StoreConfig | None = None, force: bool = False,
-               upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Store:
+               upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+               announce: bool = True) -> Store:
         """Start a new run at `root`, or resume the run there.
 
         `config` is the resolved run config as a plain dict; it is frozen as run.yaml. Resuming
@@ -223,6 +225,8 @@ class Store:
         config the way this version of evolve does (filling keys that a newer version added
         with their defaults): a key missing from run.yaml whose new value is that default is
         not a change, so a run started by an older evolve resumes under a newer one.
+        `announce=False` journals no `run_resumed`: a driver records its start itself, once it
+        holds the driver lock (the holder is the only writer of the journal).
         """
         root = Path(root).absolute()
         new = plain(config)
@@ -253,7 +257,8 @@ class Store:
                 store._write_config(new)
                 store.record("config_forced", keys=keys, changes=changes)
                 log.warning("run %s: config changed by force in %s", root, ", ".join(keys))
-            store.record("run_resumed", host=socket.gethostname(), pid=os.getpid())
+            if announce:
+                store.record("run_resumed", host=socket.gethostname(), pid=os.getpid())
             return store
         if root.exists() and not root.is_dir():
             raise NotARunError(f"{root} exists and is not a directory")
@@ -398,6 +403,53 @@ class Store:
         return replay_events(self.journal.read())
 
     # Locks.
+    @property
+    def driver_holder_path(self) -> Path:
+        return self.locks_dir / "driver.holder.json"
+
+    @contextmanager
+    def driver_lock(self) -> Iterator[None]:
+        """Hold the run's driver lock (the right to write its journal), recording who holds it;
+        StateError naming the holder (host, pid, since when) and how to stop it if another
+        driver holds it. Nothing is written to the journal before it is held."""
+        lock = self.lock("driver", timeout_s=0)
+        try:
+            lock.acquire()
+        except LockTimeoutError:
+            holder = read_json(self.driver_holder_path, None) or {}
+            who = (f"pid {holder.get('pid')} on host {holder.get('host')} since "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder['since']))}"
+                   if "since" in holder else "an unknown process")
+            raise StateError(
+                f"{self.root}: another driver is running this run ({who}; lock "
+                f"{lock.path}). Stop it with `touch {self.root / 'STOP'}` (it stops at its next "
+                f"safe point) or `kill -TERM {holder.get('pid', 'PID')}` on its host, then run "
+                "again.") from None
+        try:
+            self.write_json(self.driver_holder_path, {"pid": os.getpid(),
+                                                      "host": socket.gethostname(),
+                                                      "since": time.time()})
+            yield
+        finally:
+            lock.release()
+
+    def driver_holder(self) -> dict[str, Any] | None:
+        """Who runs this run's driver now ({"pid", "host", "since"}), or None when no driver
+        holds the lock: read from the lock itself, not from the journal, so a killed driver
+        (kill -9, a lost node) is not reported as running."""
+        holder = read_json(self.driver_holder_path, None)
+        try:
+            probe = self.lock("driver", timeout_s=0)
+            probe.acquire()
+        except LockTimeoutError:
+            return holder or {}
+        except OSError:  # a read-only run folder: judge by the recorded holder's pid
+            if holder and holder.get("host") == socket.gethostname():
+                return holder if pid_alive(int(holder.get("pid", 0))) else None
+            return holder
+        probe.release()
+        return None
+
     def lock(self, name: str, *, timeout_s: float | None = None) -> RunLock:
         """An inter-process lock named `name` (e.g. "cognition", "driver") in this run."""
         if not LOCK_NAME.match(name):

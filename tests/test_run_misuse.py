@@ -1,0 +1,63 @@
+"""A run survives misuse: a second driver is refused without writing anything and names the
+one that runs; the driver counts as running only while it holds the lock (not after kill -9)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from conftest import run_config_dict
+from evolve.state.store import Store
+
+HOLD = """
+import sys, time
+from evolve.state.store import Store
+store = Store.open(sys.argv[1])
+with store.driver_lock():
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+
+
+def make_run(tmp_path: Path) -> tuple[Path, Path]:
+    cfg_file = tmp_path / "run.yaml"
+    cfg = run_config_dict(tmp_path / "state", search={"max_candidates": 1})
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    # A run folder as `evolve run` creates it, without training anything.
+    from evolve.config.loading import to_dict
+    from evolve.search.run_config import load_run_config
+
+    run_cfg = load_run_config(cfg_file)
+    Store.create(run_cfg.run_dir, to_dict(run_cfg))
+    return cfg_file, Path(run_cfg.run_dir)
+
+
+def test_a_second_driver_is_refused_writes_nothing_and_names_the_first(tmp_path: Path) -> None:
+    cfg_file, run = make_run(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        journal = (run / "journal.jsonl").read_bytes()
+        assert Store.open(run).driver_holder()["pid"] == holder.pid
+        out = subprocess.run([sys.executable, "-m", "evolve.cli.main", "run", str(cfg_file)],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2, out.stderr
+        assert f"another driver is running this run (pid {holder.pid} on host" in out.stderr
+        assert "STOP" in out.stderr and "Traceback" not in out.stderr
+        assert (run / "journal.jsonl").read_bytes() == journal, "a refused driver wrote"
+        status = subprocess.run([sys.executable, "-m", "evolve.cli.main", "status", str(run)],
+                                capture_output=True, text=True, timeout=120)
+        assert status.returncode == 0, status.stderr
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # Killed with -9: the kernel released the lock, so nobody runs the driver any more,
+    # whatever the holder record and the journal say.
+    assert Store.open(run).driver_holder() is None
