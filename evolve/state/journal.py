@@ -55,6 +55,14 @@ EVENT_STATUS: dict[str, str] = {
 }
 """Journal event -> the candidate status it sets."""
 
+TRAINED = ("done", "scored", "analyzed")
+"""Statuses of candidates whose training finished with a result."""
+COUNTED = ("submitted", "running", *TRAINED, "failed", "lost", "submit_failed", "checked")
+"""Statuses of proposals that count towards search.max_candidates."""
+UNFINISHED = ("created", "proposed", "checked", "submitted", "running", "done", "scored", "lost",
+              "submit_failed")
+"""Statuses of candidates the driver still has work on."""
+
 ACTIVE_STATUSES = ("submitted", "running")
 """A candidate in one of these has a job the scheduler may still be running."""
 
