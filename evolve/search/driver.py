@@ -22,24 +22,23 @@ import socket
 import time
 from typing import Any
 
-from evolve.gates.check import GATES, check_candidate, check_file, leakage_verdict
-from evolve.search.run_config import RunConfig, run_config_from_dict
 from evolve.config.loading import to_dict
-from evolve.search.fitness import Reference, fitness
-from evolve.search.follow_up_steps import FollowUpSteps
-from evolve.state.fsio import read_json
-from evolve.state.journal import ACTIVE_STATUSES, COUNTED, TRAINED, UNFINISHED
+from evolve.gates.check import check_candidate, check_file
+from evolve.gates.novelty import NoveltyIndex, code_hash
 from evolve.launch.launcher import Launcher, SubmissionError
 from evolve.model.contract import BASELINES_DIR
-from evolve.model.render import describe
 from evolve.model.space import BASELINE_SPECS, MixerSpec
-from evolve.gates.novelty import NoveltyIndex, code_hash
+from evolve.search.follow_up_steps import FollowUpSteps
 from evolve.search.proposers import ArchiveEntry, Draft, MutatorProposer, Proposer
+from evolve.search.run_config import RunConfig, run_config_from_dict
+from evolve.search.scoring_steps import ScoringSteps
+from evolve.state.fsio import read_json
+from evolve.state.journal import ACTIVE_STATUSES, COUNTED, UNFINISHED
 from evolve.state.store import Store
 
 log = logging.getLogger(__name__)
 
-class Driver(FollowUpSteps):
+class Driver(ScoringSteps, FollowUpSteps):
     def __init__(self, cfg: RunConfig, *, force: bool = False,
                  proposer: Proposer | None = None) -> None:
         self.cfg = cfg
@@ -415,149 +414,3 @@ class Driver(FollowUpSteps):
         report = check_file(folder / "mixer.py", self.cfg.checks, model=self._model_cfg())
         gate = report.failed_gate
         return report.passed, gate or "", report.verdict(gate).message if gate else ""
-
-    # ---- results -------------------------------------------------------------------------
-
-    def _results_of(self, cids: list[str]) -> list[dict[str, Any]]:
-        return [read_json(self.store.candidate(c).result, {}) or {} for c in cids]
-
-    def _baseline_ids(self, name: str, preset: str | None) -> tuple[list[str], bool]:
-        """Trained candidates of baseline `name` at `preset`, and whether more of its seeds
-        are still to come."""
-        state = self._state()
-        done, pending = [], False
-        for c in state.candidates.values():
-            p = self._proposal(c.id)
-            if p.get("kind") == "baseline" and p.get("name") == name \
-                    and p.get("preset") == preset:
-                if c.status in TRAINED:
-                    done.append(c.id)
-                elif c.status not in ("failed", "rejected", "cancelled"):
-                    pending = True
-        return done, pending
-
-    def _reference_ids(self, preset: str | None = None) -> tuple[list[str], bool]:
-        return self._baseline_ids(self.cfg.fitness.reference, preset)
-
-    def _reference(self, preset: str | None = None) -> Reference | None:
-        done, pending = self._reference_ids(preset)
-        if pending or not done:
-            return None
-        return Reference.from_results(self._results_of(done), self.cfg.fitness.reference,
-                                      self.cfg.fitness.mqar_pairs)
-
-    def _score_finished(self) -> bool:
-        state = self._state()
-        done = state.with_status("done")
-        progressed = False
-        references: dict[str | None, Reference | None] = {}
-        for c in done:
-            preset = self._proposal(c.id).get("preset")
-            if preset not in references:
-                references[preset] = self._reference(preset)
-            reference = references[preset]
-            if reference is None:
-                continue  # the reference baseline at this preset is still training
-            result = read_json(self.store.candidate(c.id).result, {}) or {}
-            progressed = True
-            if result.get("status") != "ok":
-                self.store.record("failed", c.id, error=result.get("reason", "no result.json"))
-                continue
-            score = fitness(result, reference, self.cfg.fitness)
-            leak = self._leakage(c.id, result, reference, preset)
-            if leak is not None and not leak["passed"]:
-                self.store.record("failed", c.id, error=f"leakage: {leak['message']}"[:500],
-                                  leakage=leak)
-                continue
-            if leak is not None:
-                score["leakage"] = leak
-            self.store.record("scored", c.id, fitness=score["fitness"], terms=score)
-        return progressed
-
-    def _leakage(self, cid: str, result: dict[str, Any], ref: Reference,
-                 preset: str | None) -> dict[str, Any] | None:
-        """The training-time leakage gate: bits per byte implausibly far below the reference's
-        sends the file back to the causality gate at the training length. Baselines are
-        trusted; a candidate passing that second look is kept, flagged."""
-        bpb = result.get("metrics", {}).get("bpb")
-        if bpb is None or not ref.bpb or self._kind(cid) == "baseline":
-            return None
-        verdict = leakage_verdict(float(bpb), ref.bpb, self.cfg.checks.leakage_threshold)
-        if verdict.passed:
-            return None
-        from dataclasses import replace
-
-        train = self._train_config(preset)
-        length = (train.lm or train.mqar).seq_len
-        recheck = check_file(self.store.candidate(cid).mixer,
-                             replace(self.cfg.checks, causality_lengths=(length,)),
-                             model=self._model_cfg(), gates=GATES[:5])
-        causal = recheck.passed
-        message = verdict.message + (
-            f"; the causality gate at length {length} passes: kept, flagged" if causal else
-            f"; the causality gate at length {length} fails: "
-            f"{recheck.verdict(recheck.failed_gate).message}")
-        return {"passed": causal, "message": message, "measured": verdict.measured}
-
-    def view(self, cid: str) -> dict[str, Any]:
-        """A candidate as the roles see it: id, name, motivation, spec, description, code,
-        metrics, status, fitness, the training curve's summary rows."""
-        state = self._state()
-        p = self._proposal(cid)
-        paths = self.store.candidate(cid)
-        r = read_json(paths.result, {}) or {}
-        spec = self._spec(p)
-        code = paths.mixer.read_text() if paths.mixer.exists() else ""
-        cand = state.candidates.get(cid)
-        return {"id": cid, "name": p.get("name", ""), "motivation": p.get("motivation", ""),
-                "spec": spec, "description": describe(spec) if spec else "", "code": code,
-                "metrics": r.get("metrics", {}), "status": r.get("status") or
-                (cand.status if cand else None), "reason": r.get("reason"),
-                "fitness": cand.fitness if cand else None}
-
-    def _analyze_scored(self) -> bool:
-        from evolve.agents.rules_analyzer import analyze
-
-        state = self._state()
-        scored = state.with_status("scored")
-        if not scored:
-            return False
-        ref_ids, _ = self._reference_ids()
-        ref_view = self.view(ref_ids[0]) if ref_ids else {}
-        use_llm = self.agents is not None and self.cfg.search.analyzer != "rules"
-        for c in scored:
-            kind = self._kind(c.id)
-            folder = self.store.candidate(c.id).dir
-            if kind != "proposal":
-                # Baselines, replicas, ablations: measurements, not ideas; no lessons.
-                report = {"analyzer": "none", "analysis": f"{kind}: measured, not analysed",
-                          "lessons": []}
-            else:
-                cand = self.view(c.id)
-                parents = [self.view(p) for p in c.parents if p in state.candidates]
-                report = None
-                if use_llm:
-                    report = self.agents.analyze(
-                        {k: v for k, v in cand.items() if k != "code"},
-                        parents[0] if parents else None, [ref_view] if ref_view else [],
-                        self._cognition(), folder, run=self.store.name)
-                if report is None:
-                    report = analyze(cand, parents, ref_view, run=self.store.name)
-                    if use_llm:
-                        report["llm_error"] = ("the analyzer gave no usable answer (llm/ has "
-                                               "the calls)")
-            self.store.write_json(self.store.candidate(c.id).analysis, report)
-            self._merge_lessons(c.id, report.get("lessons", []))
-            self.store.record("analyzed", c.id, lessons=len(report.get("lessons", [])),
-                              analyzer=report.get("analyzer"))
-        return True
-
-    def _merge_lessons(self, cid: str, lessons: list[dict[str, Any]]) -> None:
-        """Fold the lessons into the run's cognition base (under its lock). A crash between
-        this and the `analyzed` event merges them again: the entry gains a repeated piece of
-        evidence, nothing is lost."""
-        if not lessons:
-            return
-        outcomes = self._cognition().merge_many(lessons)
-        self.store.record("lessons_merged", cid,
-                          outcomes=[{"action": o.action, "id": o.id} for o in outcomes])
