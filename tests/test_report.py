@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_config_dict
 
 from evolve.views.board import leaderboard, print_candidate, print_status, print_top, status
 from evolve.agents.cognition import Cognition, CognitionConfig
@@ -31,20 +32,7 @@ HOSTILE = '<script>alert("owned")</script><img src=x onerror=alert(1)>'
 
 def mini_config(root: Path) -> Path:
     """Two baselines and two proposals, 6-step trainings, no lm-eval (as tests/test_driver.py)."""
-    cfg = {
-        "name": "mini", "root": str(root / "state"), "preset": "tiny",
-        "train": {"lm": {"max_steps": 6, "checkpoint_every": 3, "log_every": 2},
-                  "mqar": {"max_steps": 6, "batch_size": 16, "checkpoint_every": 3,
-                           "log_every": 2},
-                  "eval": {"lm_eval_tasks": [], "bpb_windows": 4},
-                  "mqar_task": {"num_eval_examples": 32},
-                  "runtime": {"num_threads": 1}},
-        "search": {"proposer": "mutator", "max_candidates": 2, "generation_size": 2,
-                   "max_in_flight": 4, "baselines": ["deltanet", "linear_attention"],
-                   "poll_s": 0.3},
-        "launch": {"executor": "local", "array_parallelism": 2, "timeout_min": 20,
-                   "poll_s": 0.5},
-    }
+    cfg = run_config_dict(root / "state", search={"max_candidates": 2})
     path = root / "mini.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

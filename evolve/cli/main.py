@@ -116,7 +116,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
         cfg = load_run_config(args.file) if args.file else default_run_config()
     if args.action == "show":
-        print(dump_yaml(cfg), end="")
+        print(dump_yaml(cfg, comments=True), end="")
     else:
         print(f"{args.file or args.preset}: valid")
     return 0
@@ -146,9 +146,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     import time
 
     from evolve.search.run_config import run_config_from_dict
-    from evolve.search.driver import TRAINED, Driver
+    from evolve.search.driver import Driver
+    from evolve.state.journal import TRAINED
     from evolve.state.fsio import atomic_write_json
-    from evolve.state.locks import LockTimeoutError
     from evolve.train.presets import PRESETS
     from evolve.state.store import Store
 
@@ -166,13 +166,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"evolve verify: {args.id} {what}; trained candidates: "
               f"{', '.join(trained[-10:]) or 'none yet'}", file=sys.stderr)
         return 2
-    lock = store.lock("driver", timeout_s=0)
-    try:
-        lock.acquire()
-        lock.release()
-        driver_running = False
-    except LockTimeoutError:
-        driver_running = True
+    driver_running = store.driver_holder() is not None
     driver = None
     if not driver_running and not args.no_wait:
         # Built before the request is queued: a run this driver refuses (e.g. a changed config)

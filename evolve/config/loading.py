@@ -216,12 +216,48 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
-def dump_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+def dump_yaml(cfg: Any, *, comments: bool = False) -> str:
+    """`cfg` as YAML; with `comments`, each key under a `# ...` comment holding its field's
+    docstring (nested sections too), as `evolve config show` prints it. Both load back alike."""
+    if not comments:
+        return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return "".join(_documented(type(cfg), to_dict(cfg), ""))
+
+
+_COMMENT_WIDTH = 100
+
+
+def _documented(cls: type, data: dict[str, Any], indent: str) -> list[str]:
+    docs = field_docs(cls)
+    hints = _resolve_types(cls)
+    out: list[str] = []
+    for key, value in data.items():
+        doc = docs.get(key, "")
+        if doc:
+            width = max(_COMMENT_WIDTH - len(indent) - 2, 40)
+            out += [f"{indent}# {line}\n" for line in textwrap.wrap(doc, width)]
+        sub = _dataclass_in(hints[key])
+        if sub is not None and isinstance(value, dict) and value:
+            out.append(f"{indent}{key}:\n")
+            out += _documented(sub, value, indent + "  ")
+        else:
+            text = yaml.safe_dump({key: value}, sort_keys=False)
+            out += [f"{indent}{line}\n" for line in text.splitlines()]
+    return out
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of dataclass `cls` (empty where there is none)."""
+    """The docstring under each field of dataclass `cls` (empty where there is none), fields
+    inherited from a dataclass base included; each docstring's whitespace runs become one space."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is not object:
+            docs.update({k: v for k, v in _own_field_docs(klass).items()
+                         if v or k not in docs})
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     try:
         source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evolve.state.fsio import read_json
+from evolve.model.space import BASELINE_SPECS, MixerSpec, SpecError
+from evolve.search.followup import differing_fields
+from evolve.state.fsio import StateError, read_json
 from evolve.state.store import Store
 
 TRAINED = ("done", "scored", "analyzed")
@@ -29,6 +31,8 @@ TRAINED = ("done", "scored", "analyzed")
 DROPPED = ("failed", "rejected", "cancelled")
 """Statuses of candidates the driver does not work on any more, without a result."""
 FOLLOW_UPS = ("replica", "ablation")
+WHAT_WIDTH = 44
+"""Characters of the leaderboard's "what" column; a longer design ends in an ellipsis."""
 
 
 def _open(run: Path) -> Store:
@@ -60,6 +64,92 @@ class _View:
         """The replicas or ablations of `cid`, in id order."""
         return [d for d, p in self.proposals.items()
                 if p.get("kind") == kind and p.get("of") == cid]
+
+
+@dataclass
+class Designs:
+    """The run's baselines as specs, to say what a candidate's spec changes of which."""
+
+    baselines: dict[str, MixerSpec]
+    conv_size: int | None
+    """The run's conv width: a spec's conv_size None ("the run's") is read as this value."""
+
+    @classmethod
+    def of(cls, store: Store) -> Designs:
+        try:
+            cfg = store.config()
+        except (StateError, OSError):  # a damaged run.yaml: every baseline, no conv width
+            cfg = {}
+        cfg = cfg if isinstance(cfg, dict) else {}
+        names = [n for n in (cfg.get("search") or {}).get("baselines") or ()
+                 if n in BASELINE_SPECS] or list(BASELINE_SPECS)
+        train = cfg.get("train") or {}
+        track = train.get("lm") or train.get("mqar") or {}
+        conv = (track.get("model") or {}).get("conv_size") if isinstance(track, dict) else None
+        designs = cls({}, conv if isinstance(conv, int) else None)
+        for name in names:
+            spec = designs.spec(BASELINE_SPECS[name].to_dict())
+            if spec is not None:
+                designs.baselines[name] = spec
+        return designs
+
+    def spec(self, data: Any) -> MixerSpec | None:
+        """A proposal's spec with the run's conv width filled in; None without a valid one."""
+        try:
+            spec = MixerSpec.from_dict(data)
+            if spec.conv_size is None and self.conv_size is not None:
+                spec = spec.replace(conv_size=self.conv_size)
+        except (SpecError, ValueError, TypeError):
+            return None
+        return spec
+
+    def base_of(self, spec: MixerSpec, prefer: str | None = None) -> tuple[str, list[str]]:
+        """The baseline `spec` differs from in the fewest fields (ties: `prefer`, else the first
+        listed) and those fields."""
+        diffs = {n: differing_fields(spec, b) for n, b in self.baselines.items()}
+        best = min(diffs, key=lambda n: (len(diffs[n]), n != prefer))
+        return best, diffs[best]
+
+
+def lineage_baseline(cid: str, parents: dict[str, list[str]],
+                     proposals: dict[str, dict[str, Any]]) -> str | None:
+    """The baseline at the root of `cid`'s first-parent chain, by name; None if it is not one."""
+    seen = set()
+    while parents.get(cid) and cid not in seen:
+        seen.add(cid)
+        cid = parents[cid][0]
+    root = proposals.get(cid, {})
+    return str(root.get("name")) if root.get("kind") == "baseline" and root.get("name") else None
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "default"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def design_text(prop: dict[str, Any], parents: list[str], designs: Designs,
+                prefer: str | None = None) -> str:
+    """What a candidate is, not why: a baseline's name; for a spec, the baseline it is nearest
+    (ties: `prefer`, its lineage's) and each field it changes, "deltanet: value_ratio 2,
+    out_norm none"; for code the model wrote, "code (parent ID)"."""
+    if prop.get("kind") == "baseline":
+        return str(prop.get("name") or "baseline")
+    spec = designs.spec(prop["spec"]) if prop.get("spec") else None
+    if spec is None or not designs.baselines:
+        what = "code" if not prop.get("spec") else "unreadable spec"
+        return f"{what} (parent {parents[0]})" if parents else what
+    base, fields = designs.base_of(spec, prefer)
+    if not fields:
+        return f"{base} (same design)"
+    return f"{base}: " + ", ".join(f"{f} {_value(getattr(spec, f))}" for f in fields)
+
+
+def shorten(text: str, width: int = WHAT_WIDTH) -> str:
+    """`text` cut to `width` characters, ending in an ellipsis when cut."""
+    return text if len(text) <= width else text[:width - 1].rstrip(" ,") + "…"
 
 
 def clean(x: Any) -> Any:
@@ -121,6 +211,8 @@ def _rows(view: _View) -> list[dict[str, Any]]:
     from evolve.search.fitness import mean_ci
 
     store, state = view.store, view.state
+    designs = Designs.of(store)
+    parents = {k: v.parents for k, v in state.candidates.items()}
     rows = []
     baselines: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for c in state.candidates.values():
@@ -143,7 +235,8 @@ def _rows(view: _View) -> list[dict[str, Any]]:
             seeds = conf.get("seeds")
         else:
             mean, ci95, seeds = c.fitness, None, 1 if c.fitness is not None else 0
-        label = prop.get("name") or prop.get("motivation", "")[:60]
+        label = design_text(prop, c.parents, designs,
+                            lineage_baseline(c.id, parents, view.proposals))
         rows.append({"id": c.id, "kind": kind, "label": label,
                      "status": c.status, "fitness": c.fitness, "bpb": m.get("bpb"),
                      "mqar": m.get("mqar_acc"), "bench": m.get("benchmark_avg"),
@@ -177,7 +270,9 @@ def leaderboard(run: Path) -> list[dict[str, Any]]:
 
     `fitness` is a proposal's own score (its first seed); `mean` ± `ci95` over `seeds` is its
     confirmation's when it has one (and the ranking key); baselines give mean ± ci95 over
-    their seeds at the run's preset (`members`: their candidate ids)."""
+    their seeds at the run's preset (`members`: their candidate ids). `label` is the design,
+    not the motivation (`design_text`): a baseline's name, the fields a spec changes of its
+    nearest baseline, or "code (parent ID)"."""
     return _rows(_View.load(run))
 
 
@@ -306,7 +401,8 @@ def print_top(run: Path, limit: int = 20, as_json: bool = False) -> int:
     table = [(str(i + 1), r["id"], r["kind"], _fmt(r["fitness"], "+.4f"),
               fmt_ci(r["mean"], r["ci95"]), str(r["seeds"]), r["verdict"],
               _fmt(r["bpb"], ".4f"), _fmt(r["mqar"], ".3f"), _fmt(r["tokens_per_s"], ",.0f"),
-              ", ".join(f"{p}: {w}" for p, w in r["verify"].items()) or "-", r["label"])
+              ", ".join(f"{p}: {w}" for p, w in r["verify"].items()) or "-",
+              shorten(r["label"]))
              for i, r in enumerate(rows)]
     if sys.stdout.isatty():
         from rich.console import Console

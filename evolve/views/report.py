@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from evolve.views.board import (confirmations, fmt_ci, leaderboard, llm_calls, status, term,
-                          verdict_word)
+from evolve.views.board import (Designs, confirmations, design_text, fmt_ci, leaderboard,
+                                lineage_baseline, llm_calls, shorten, status, term, verdict_word)
 from evolve.state.fsio import StateError, atomic_write_bytes, atomic_write_text, read_json
 from evolve.state.store import Store
 
@@ -64,6 +64,11 @@ class Candidate:
     """confirmation.json (key None) and confirmation-PRESET.json (key: the preset)."""
     llm_calls: dict[str, int] = field(default_factory=dict)
     """Stored model calls per role."""
+    design: str = ""
+    """What it is (`board.design_text`): a baseline's name, a spec's changes, or code."""
+    anchor: str | None = None
+    """The candidate the lineage plot draws it under: its first parent, else the baseline
+    node its spec derives from (None: neither)."""
 
     @property
     def label(self) -> str:
@@ -149,12 +154,33 @@ def load_run(run: Path) -> tuple[RunData, list[Candidate]]:
             error=c.error or (err.get("reason") if isinstance(err, dict) else None),
             curves=_curves(paths.metrics), confirmations=confirmations(store, c.id),
             llm_calls=llm_calls(paths.dir)))
+    _lineage(store, cands)
     ablation = _read(run / "ablation.json")
     data = RunData(name=store.name, candidates={c.id: c for c in cands},
                    trained=_trained_order(store, cands), failures=_failures(store, cands),
                    cognition=_cognition(store),
                    ablation=ablation if isinstance(ablation, dict) else None)
     return data, cands
+
+
+def _lineage(store: Store, cands: list[Candidate]) -> None:
+    """Fill in each candidate's `design` and `anchor`."""
+    designs = Designs.of(store)
+    parents = {c.id: c.parents for c in cands}
+    props = {c.id: c.proposal if isinstance(c.proposal, dict) else {} for c in cands}
+    baseline_node: dict[str, str] = {}
+    for c in cands:  # id order: a baseline's node is its first seed at the run's preset
+        if c.kind == "baseline" and c.name and props[c.id].get("preset") is None:
+            baseline_node.setdefault(c.name, c.id)
+    for c in cands:
+        prefer = lineage_baseline(c.id, parents, props)
+        c.design = design_text(props[c.id], c.parents, designs, prefer)
+        if c.parents:
+            c.anchor = c.parents[0] if c.parents[0] in parents else None
+            continue
+        spec = designs.spec(props[c.id].get("spec")) if c.kind != "baseline" else None
+        if spec is not None and designs.baselines:
+            c.anchor = baseline_node.get(designs.base_of(spec, prefer)[0])
 
 
 def _trained_order(store: Store, cands: list[Candidate]) -> list[TrainedPoint]:
@@ -259,20 +285,35 @@ def plot_progress(data: RunData, path: Path) -> bool:
 
 
 def _layers(cands: dict[str, Candidate]) -> dict[str, tuple[float, int]]:
-    """(x, generation) per candidate; a layer is ordered by its parents' mean position, so that
-    edges cross less."""
+    """(x, generation) per candidate, one unit apart within a generation: the children of one
+    anchor (`Candidate.anchor`, drawn in an earlier generation) are centred under it, overlaps
+    pushed apart and the layer shifted back by the mean push; candidates without an anchor
+    follow on the right (a layer of none, e.g. the baselines, is centred on 0)."""
     by_gen: dict[int, list[Candidate]] = {}
     for c in cands.values():
         by_gen.setdefault(c.generation, []).append(c)
     pos: dict[str, tuple[float, int]] = {}
     for gen in sorted(by_gen):
-        layer = by_gen[gen]
-        def key(c: Candidate) -> tuple[float, str]:
-            xs = [pos[p][0] for p in c.parents if p in pos]
-            return (sum(xs) / len(xs) if xs else -1.0, c.id)
-        layer.sort(key=key)
-        for i, c in enumerate(layer):
-            pos[c.id] = (i - (len(layer) - 1) / 2, gen)
+        groups: dict[str | None, list[str]] = {}
+        for c in sorted(by_gen[gen], key=lambda c: c.id):
+            anchor = c.anchor if c.anchor in pos else None
+            groups.setdefault(anchor, []).append(c.id)
+        wanted: list[tuple[float, str]] = []
+        for anchor, members in groups.items():
+            if anchor is not None:
+                centre = pos[anchor][0]
+                wanted += [(centre - (len(members) - 1) / 2 + j, cid)
+                           for j, cid in enumerate(members)]
+        loose = groups.get(None, [])
+        start = max(x for x, _ in wanted) + 1 if wanted else -(len(loose) - 1) / 2
+        wanted += [(start + j, cid) for j, cid in enumerate(loose)]
+        wanted.sort()
+        placed: list[float] = []
+        for x, _ in wanted:
+            placed.append(max(x, placed[-1] + 1) if placed else x)
+        shift = sum(w - x for (w, _), x in zip(wanted, placed)) / len(placed)
+        for (_, cid), x in zip(wanted, placed):
+            pos[cid] = (x + shift, gen)
     return pos
 
 
@@ -292,6 +333,10 @@ def plot_lineage(data: RunData, path: Path) -> bool:
             if p in pos:
                 ax.plot([pos[p][0], pos[c.id][0]], [pos[p][1], pos[c.id][1]], color="#999999",
                         lw=0.7, zorder=1)
+        if not c.parents and c.anchor in pos:  # no parent: dotted to the baseline it derives from
+            a = pos[c.anchor]
+            ax.plot([a[0], pos[c.id][0]], [a[1], pos[c.id][1]], color="#bbbbbb", lw=0.7,
+                    ls=":", zorder=1)
     scored = [c.fitness for c in cands.values() if c.fitness is not None]
     span = max([abs(f) for f in scored] + [1e-9])
     norm = colors.Normalize(-span, span)
@@ -516,7 +561,8 @@ def _leaderboard(run: Path, ids: _Ids) -> str:
         promotion = ", ".join(f"{p}: {w}" for p, w in (r.get("verify") or {}).items()) or "-"
         rows.append(
             f"<tr><td class=num>{i}</td><td>{ids.text(r['id'])}</td><td>{esc(r['kind'])}</td>"
-            f"<td>{ids.text(r['label'])}</td><td class=num>{_num(r['fitness'], '+.4f')}</td>"
+            f"<td title=\"{esc(r['label'])}\">{ids.text(shorten(r['label']))}</td>"
+            f"<td class=num>{_num(r['fitness'], '+.4f')}</td>"
             f"<td class=num>{esc(fmt_ci(r.get('mean'), r.get('ci95')))}</td>"
             f"<td class=num>{esc(r.get('seeds'))}</td><td>{esc(r.get('verdict'))}</td>"
             f"<td>{esc(promotion)}</td>"
@@ -659,6 +705,7 @@ def _candidate_html(c: Candidate, ids: _Ids) -> str:
     metrics = (c.result or {}).get("metrics") or {}
     shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     rows = [("status", esc(c.status)), ("kind", esc(c.kind + (f" {c.name}" if c.name else ""))),
+            ("design", ids.text(c.design or "-")),
             ("generation", esc(c.generation)), ("parents", ids.text(", ".join(c.parents) or "-")),
             ("fitness", _num(c.fitness, "+.4f")),
             ("proposer", esc(c.proposal.get("proposer", "-"))),
@@ -714,7 +761,7 @@ def write_report(run: Path, out: Path) -> Path:
         drawn = draw(data, out / f"{name}.png")
         figures.append(f"<h2>{esc(title)}</h2>" + (
             f'<img src="{name}.png" alt="{esc(title)}">' if drawn else
-            f"<p class=muted>Nothing to draw yet.</p>"))
+            "<p class=muted>Nothing to draw yet.</p>"))
         if name == "failures":
             figures.append(_failure_table(data, ids))
     generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
