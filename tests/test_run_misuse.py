@@ -3,11 +3,10 @@ one that runs; the driver counts as running only while it holds the lock (not af
 
 from __future__ import annotations
 
-import os
+import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -20,6 +19,7 @@ import sys, time
 from evolve.state.store import Store
 store = Store.open(sys.argv[1])
 with store.driver_lock():
+    store.record("driver_start", pid=0, host="h", proposer="none")  # as a driver does
     print("holding", flush=True)
     time.sleep(600)
 """
@@ -52,12 +52,35 @@ def test_a_second_driver_is_refused_writes_nothing_and_names_the_first(tmp_path:
         assert f"another driver is running this run (pid {holder.pid} on host" in out.stderr
         assert "STOP" in out.stderr and "Traceback" not in out.stderr
         assert (run / "journal.jsonl").read_bytes() == journal, "a refused driver wrote"
-        status = subprocess.run([sys.executable, "-m", "evolve.cli.main", "status", str(run)],
-                                capture_output=True, text=True, timeout=120)
-        assert status.returncode == 0, status.stderr
+        assert driver_status(run).startswith(f"running (pid {holder.pid} on ")
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     # Killed with -9: the kernel released the lock, so nobody runs the driver any more,
-    # whatever the holder record and the journal say.
+    # whatever the holder record and the journal (a driver_start, no driver_stop) say.
     assert Store.open(run).driver_holder() is None
+    assert driver_status(run) == "died without stopping (no process holds the driver lock)"
+
+
+def driver_status(run: Path) -> str:
+    out = subprocess.run([sys.executable, "-m", "evolve.cli.main", "status", str(run), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)["driver"]
+
+
+def evolve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "evolve.cli.main", *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_bad_input_and_a_failed_gate_end_in_distinct_exit_codes_without_tracebacks(
+        tmp_path: Path) -> None:
+    for bad in (tmp_path, tmp_path / "missing.py"):
+        out = evolve("check", str(bad))
+        assert out.returncode == 2, out.stderr
+        assert "Traceback" not in out.stderr and str(bad) in out.stderr
+    fixtures = Path(__file__).parent / "fixtures" / "bad_mixers"
+    out = evolve("check", str(fixtures / "parse_bad_indent.py"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+

@@ -269,13 +269,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in DELEGATED:
-        import importlib
-
-        module, func = DELEGATED[argv[0]]
-        return getattr(importlib.import_module(module), func)(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
+        return _dispatch(argv)
+    except BrokenPipeError:
+        # `evolve show ID | head`: the reader left; end quietly, as Unix tools do.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _dispatch(argv: list[str]) -> int:
+    try:
+        if argv and argv[0] in DELEGATED:
+            import importlib
+
+            module, func = DELEGATED[argv[0]]
+            return getattr(importlib.import_module(module), func)(argv[1:])
+        args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"evolve: config error: {exc}", file=sys.stderr)

@@ -59,6 +59,8 @@ TRAINED = ("done", "scored", "analyzed")
 """Statuses of candidates whose training finished with a result."""
 COUNTED = ("submitted", "running", *TRAINED, "failed", "lost", "submit_failed", "checked")
 """Statuses of proposals that count towards search.max_candidates."""
+DROPPED = ("failed", "rejected", "cancelled")
+"""Statuses of candidates the driver does not work on any more, without a result."""
 UNFINISHED = ("created", "proposed", "checked", "submitted", "running", "done", "scored", "lost",
               "submit_failed")
 """Statuses of candidates the driver still has work on."""

@@ -24,12 +24,9 @@ from typing import Any
 from evolve.model.space import BASELINE_SPECS, MixerSpec, SpecError
 from evolve.search.followup import differing_fields
 from evolve.state.fsio import StateError, read_json
+from evolve.state.journal import DROPPED, TRAINED
 from evolve.state.store import Store
 
-TRAINED = ("done", "scored", "analyzed")
-"""Statuses of candidates whose training finished with a result (as evolve.search.driver)."""
-DROPPED = ("failed", "rejected", "cancelled")
-"""Statuses of candidates the driver does not work on any more, without a result."""
 FOLLOW_UPS = ("replica", "ablation")
 WHAT_WIDTH = 44
 """Characters of the leaderboard's "what" column; a longer design ends in an ellipsis."""
@@ -287,7 +284,10 @@ def status(run: Path) -> dict[str, Any]:
     events = list(store.events())
     last_start = next((e for e in reversed(events) if e.get("event") == "driver_start"), None)
     last_stop = next((e for e in reversed(events) if e.get("event") == "driver_stop"), None)
-    running = last_start is not None and (last_stop is None or last_stop["t"] < last_start["t"])
+    # Running is a fact of the driver lock, not of the journal: a driver killed with -9 (or on a
+    # lost node) never wrote its driver_stop.
+    holder = store.driver_holder()
+    started = last_start is not None and (last_stop is None or last_stop["t"] < last_start["t"])
     ready = next((e for e in reversed(events) if e.get("event") == "llm_ready"), None)
     board = _rows(view)
     best = next((r for r in board if r["kind"] == "proposal" and r["fitness"] is not None), None)
@@ -329,8 +329,10 @@ def status(run: Path) -> dict[str, Any]:
             "generations": max((c.generation or 0 for c in state.candidates.values()), default=0),
             "in_flight": by_status.get("submitted", 0) + by_status.get("running", 0),
             "gpu_hours": round(sum(c.gpu_hours for c in state.candidates.values()), 4),
-            "driver": "running" if running else
-            f"stopped ({last_stop.get('reason')})" if last_stop else "never started",
+            "driver": (f"running (pid {holder.get('pid')} on {holder.get('host')})"
+                       if holder else "running" if holder is not None else
+                       "died without stopping (no process holds the driver lock)" if started else
+                       f"stopped ({last_stop.get('reason')})" if last_stop else "never started"),
             "best": best, "follow_ups": follow, "confirmed": confirmed, "promoted": promoted,
             "ablation": ablation,
             "llm": {"source": ready.get("source") if ready else None,
