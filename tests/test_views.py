@@ -119,3 +119,25 @@ def test_lineage_places_each_candidate_under_its_lineage(designs_run: dict[str, 
     for gen in {p[1] for p in pos.values()}:
         xs = sorted(p[0] for p in pos.values() if p[1] == gen)
         assert all(b - a >= 1 - 1e-9 for a, b in zip(xs, xs[1:]))  # no overlaps
+
+
+def test_one_damaged_file_leaves_the_run_readable(designs_run: dict[str, str], capsys,
+                                                  tmp_path: Path) -> None:
+    run = Path(designs_run["run"])
+    store = Store.open(run)
+    broken = store.candidate(designs_run["spec"]).result
+    broken.write_text(broken.read_text()[:20])  # a result.json cut short
+    nan = store.candidate(designs_run["tie_d"]).result
+    nan.write_text('{"status": "ok", "metrics": {"bpb": NaN, "mqar_acc": 0.5}}')
+    rows = {r["id"]: r for r in leaderboard(run)}
+    assert rows[designs_run["spec"]]["status"] == "damaged"
+    assert "result.json" in rows[designs_run["spec"]]["label"]
+    assert rows[designs_run["tie_d"]]["status"] == "failed (non-finite metric)"
+    assert rows[designs_run["tie_d"]]["fitness"] is None
+    ranked = [r["id"] for r in leaderboard(run) if r["fitness"] is not None]
+    assert designs_run["tie_d"] not in ranked and designs_run["long"] in ranked
+    print_top(run)
+    out = capsys.readouterr().out
+    assert designs_run["long"] in out and "damaged" in out
+    write_report(run, tmp_path / "report")
+    assert (tmp_path / "report" / "index.html").read_text().count(designs_run["long"]) >= 1

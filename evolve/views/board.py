@@ -43,16 +43,27 @@ class _View:
     store: Store
     state: Any
     proposals: dict[str, dict[str, Any]]
+    damaged: dict[str, str]
+    """Candidates with a file that cannot be read: id -> the file and why. Shown as damaged;
+    one bad file never makes the rest of the run unreadable."""
 
     @classmethod
     def load(cls, run: Path) -> _View:
         store = _open(run)
         state = store.replay()
-        props = {}
+        view = cls(store, state, {}, {})
         for cid in state.candidates:
-            p = read_json(store.candidate(cid).proposal, {})
-            props[cid] = p if isinstance(p, dict) else {}
-        return cls(store, state, props)
+            p = view.read(cid, store.candidate(cid).proposal, {})
+            view.proposals[cid] = p if isinstance(p, dict) else {}
+        return view
+
+    def read(self, cid: str, path: Path, default: Any) -> Any:
+        """A candidate's JSON file, or `default` with the candidate marked damaged."""
+        try:
+            return read_json(path, default)
+        except StateError as exc:
+            self.damaged.setdefault(cid, str(exc))
+            return default
 
     def kind(self, cid: str) -> str:
         return str(self.proposals.get(cid, {}).get("kind", "proposal"))
@@ -217,7 +228,16 @@ def _rows(view: _View) -> list[dict[str, Any]]:
         kind = view.kind(c.id)
         if kind in FOLLOW_UPS:
             continue
-        result = read_json(store.candidate(c.id).result, None)
+        result = view.read(c.id, store.candidate(c.id).result, None)
+        if c.id in view.damaged:
+            rows.append({"id": c.id, "kind": kind, "status": "damaged", "fitness": None,
+                         "label": f"damaged: {view.damaged[c.id]}", "parents": c.parents,
+                         "generation": c.generation, "proposer": prop.get("proposer"),
+                         "seeds": 0, "mean": None, "ci95": None, "verdict": "-",
+                         "bpb": None, "mqar": None, "bench": None, "tokens_per_s": None,
+                         "reference_seeds": None, "replicas": 0, "verify": {},
+                         "members": [c.id]})
+            continue
         if not isinstance(result, dict):
             continue
         if kind == "baseline":
@@ -232,10 +252,15 @@ def _rows(view: _View) -> list[dict[str, Any]]:
             seeds = conf.get("seeds")
         else:
             mean, ci95, seeds = c.fitness, None, 1 if c.fitness is not None else 0
+        status_text, fitness_value = c.status, c.fitness
+        if any(isinstance(v, float) and not math.isfinite(v)
+               for v in (c.fitness, m.get("bpb"), m.get("mqar_acc"))):
+            # A NaN or infinite metric is a failed training, never a score to rank.
+            status_text, fitness_value, mean, ci95 = "failed (non-finite metric)", None, None, None
         label = design_text(prop, c.parents, designs,
                             lineage_baseline(c.id, parents, view.proposals))
         rows.append({"id": c.id, "kind": kind, "label": label,
-                     "status": c.status, "fitness": c.fitness, "bpb": m.get("bpb"),
+                     "status": status_text, "fitness": fitness_value, "bpb": m.get("bpb"),
                      "mqar": m.get("mqar_acc"), "bench": m.get("benchmark_avg"),
                      "tokens_per_s": m.get("tokens_per_s"), "parents": c.parents,
                      "generation": c.generation, "proposer": prop.get("proposer"),
