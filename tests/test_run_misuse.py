@@ -84,3 +84,19 @@ def test_bad_input_and_a_failed_gate_end_in_distinct_exit_codes_without_tracebac
     out = evolve("check", str(fixtures / "parse_bad_indent.py"))
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
 
+
+
+def test_a_run_whose_journal_was_deleted_is_refused_not_restarted(tmp_path: Path) -> None:
+    cfg_file, run = make_run(tmp_path)
+    store = Store.open(run, writer=True)
+    cid = store.new_candidate(generation=0, parents=[])
+    store.write_text(store.candidate(cid).mixer, "# mixer\n")
+    (run / "journal.jsonl").unlink()
+    for args in (("run", str(cfg_file)), ("status", str(run)), ("top", str(run)),
+                 ("report", str(run))):
+        out = evolve(*args)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert "journal.jsonl is missing, but 1 candidate folder(s) remain" in out.stderr
+        assert "Traceback" not in out.stderr
+    assert not (run / "journal.jsonl").exists(), "a refused command recreated the journal"
+    assert not (run / "report").exists()

@@ -146,10 +146,26 @@ class Store:
             os.umask(0o002)
         self.journal = Journal(self.journal_path, fsync=self.cfg.fsync,
                                mode=self._file_mode())
+        self._refuse_lost_journal()
         if writer:
             repaired = self.journal.repair_torn_tail()
             if repaired:
                 self.record("journal_repaired", dropped_bytes=repaired)
+
+    def _refuse_lost_journal(self) -> None:
+        """A run whose journal is gone while candidate folders remain has lost its history:
+        resuming would start it again and forget every candidate, and a view would show an
+        empty run. Refuse, naming what is left."""
+        if self.journal_path.exists() or not (self.root / "run.yaml").is_file():
+            return
+        folders = sorted(p.name for p in self.candidates_dir.glob("c*") if p.is_dir()) \
+            if self.candidates_dir.is_dir() else []
+        if folders:
+            raise StateError(
+                f"{self.journal_path} is missing, but {len(folders)} candidate folder(s) remain "
+                f"({folders[0]} .. {folders[-1]}): the run's history is gone. Restore "
+                "journal.jsonl (from a backup or a filesystem snapshot); evolve will neither "
+                "restart this run nor show it as empty.")
 
     # Layout. Paths are properties so that no other module joins path strings.
     @property
