@@ -100,3 +100,18 @@ def test_a_run_whose_journal_was_deleted_is_refused_not_restarted(tmp_path: Path
         assert "Traceback" not in out.stderr
     assert not (run / "journal.jsonl").exists(), "a refused command recreated the journal"
     assert not (run / "report").exists()
+
+
+def test_an_event_about_a_candidate_never_created_is_not_counted(tmp_path: Path) -> None:
+    _, run = make_run(tmp_path)
+    store = Store.open(run, writer=True)
+    cid = store.new_candidate(generation=0, parents=[])
+    before = json.loads(evolve("status", str(run), "--json").stdout)["candidates"]
+    with open(run / "journal.jsonl", "a") as fh:  # a line appended by hand
+        fh.write(json.dumps({"t": 0, "event": "scored", "candidate": "c999999",
+                             "fitness": 9.0}) + "\n")
+    replay = Store.open(run).replay()
+    assert list(replay.candidates) == [cid]
+    assert replay.ignored == [{"line": replay.num_events, "event": "scored",
+                               "candidate": "c999999"}]
+    assert json.loads(evolve("status", str(run), "--json").stdout)["candidates"] == before == 1

@@ -121,6 +121,9 @@ class Replay:
     candidates: dict[str, CandidateState]
     submissions: dict[str, Submission]
     num_events: int
+    ignored: list[dict[str, Any]] = field(default_factory=list)
+    """Events about a candidate the journal never created (an appended line of something that
+    never happened): {"line", "event", "candidate"}; never counted."""
 
     def with_status(self, *statuses: str) -> list[CandidateState]:
         """Candidates whose status is one of `statuses`, in id order."""
@@ -135,10 +138,17 @@ def replay_events(events: Iterable[dict[str, Any]]) -> Replay:
     """Fold events into the current state of every candidate and submission."""
     cands: dict[str, CandidateState] = {}
     subs: dict[str, Submission] = {}
+    ignored: list[dict[str, Any]] = []
     n = 0
     for ev in events:
         n += 1
         name = ev.get("event")
+        about = [ev["candidate"]] if ev.get("candidate") is not None else \
+            list(ev.get("candidates", [])) if name in EVENT_STATUS or "status" in ev else []
+        unknown = [c for c in about if c not in cands and name != "created"]
+        if unknown:
+            ignored.extend({"line": n, "event": name, "candidate": c} for c in unknown)
+            continue
         if name == "submit_begin":
             subs[ev["submission"]] = Submission(
                 name=ev["submission"], executor=ev.get("executor", ""), folder=ev.get("folder", ""),
@@ -155,7 +165,12 @@ def replay_events(events: Iterable[dict[str, Any]]) -> Replay:
                 sub.job_ids[cid] = ev.get("job_id", "")
             elif name == "submit_failed":
                 sub.failed = True
-    return Replay(candidates=dict(sorted(cands.items())), submissions=subs, num_events=n)
+    if ignored:
+        log.warning("journal: %d event(s) about candidates it never created were ignored "
+                    "(first: line %d, %s %s)", len(ignored), ignored[0]["line"],
+                    ignored[0]["event"], ignored[0]["candidate"])
+    return Replay(candidates=dict(sorted(cands.items())), submissions=subs, num_events=n,
+                  ignored=ignored)
 
 
 def _apply(cands: dict[str, CandidateState], cid: str, name: Any, ev: dict[str, Any]) -> None:
