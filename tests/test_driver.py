@@ -128,7 +128,7 @@ def test_stop_file_ends_the_loop_cleanly(tmp_path: Path) -> None:
     cfg = load_run_config(mini_config(tmp_path))
     driver = Driver(cfg)
     (cfg.run_dir / "STOP").touch()
-    assert driver.run() == 0 and driver.stop_reason == "STOP file"
+    assert driver.run() == 0 and driver.stop_reason.startswith("STOP file ")
 
 
 def _driver_proc(config: Path, cwd: Path) -> subprocess.Popen:

@@ -115,3 +115,16 @@ def test_an_event_about_a_candidate_never_created_is_not_counted(tmp_path: Path)
     assert replay.ignored == [{"line": replay.num_events, "event": "scored",
                                "candidate": "c999999"}]
     assert json.loads(evolve("status", str(run), "--json").stdout)["candidates"] == before == 1
+
+
+def test_a_driver_started_with_a_stop_file_submits_nothing_and_names_the_file(
+        tmp_path: Path) -> None:
+    cfg_file, run = make_run(tmp_path)
+    (run / "STOP").touch()
+    out = evolve("run", str(cfg_file))
+    assert out.returncode == 0, out.stderr
+    assert f"STOP file {run / 'STOP'}: remove it to go on" in out.stderr
+    events = [json.loads(line)["event"] for line in
+              (run / "journal.jsonl").read_text().splitlines()]
+    assert "created" not in events and "submitted" not in events, events
+    assert events[-2:] == ["driver_start", "driver_stop"]

@@ -195,8 +195,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         verdict = None  # an earlier request's verdict, on fewer seeds than asked for now
     if verdict is None:
         why = driver.stop_reason or "unknown"
-        if why == "STOP file":  # left by an earlier `touch RUN/STOP`: it stops every driver
-            why += f" {store.root / 'STOP'}; remove it and run the same command again"
+        if why.startswith("STOP file"):  # left by an earlier `touch RUN/STOP`
+            why = f"STOP file {store.root / 'STOP'}; remove it and run the same command again"
         print(f"evolve verify: {args.id}: no verdict yet (the driver stopped early: {why})",
               file=sys.stderr)
         return 1

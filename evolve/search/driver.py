@@ -98,8 +98,9 @@ class Driver(ScoringSteps, FollowUpSteps):
                                   proposer=self.proposer.name)
                 self.launcher.resume()
                 self._recover_created()
-                self._submit_baselines()
-                self._propose_seed_designs()
+                if not self._should_stop():
+                    self._submit_baselines()
+                    self._propose_seed_designs()
                 while not self._should_stop():
                     progressed = self.step()
                     if self._complete():
@@ -120,6 +121,8 @@ class Driver(ScoringSteps, FollowUpSteps):
         progressed = bool(self.launcher.poll())
         progressed |= self._score_finished()
         progressed |= self._analyze_scored()
+        if self._should_stop():  # asked to stop: collect what finished, start nothing new
+            return progressed
         progressed |= self._follow_up()
         progressed |= self._propose_if_room()
         progressed |= self._submit_checked()
@@ -138,7 +141,7 @@ class Driver(ScoringSteps, FollowUpSteps):
         if self.stop_reason:
             return True
         if (self.cfg.run_dir / "STOP").exists():
-            self.stop_reason = "STOP file"
+            self.stop_reason = f"STOP file {self.cfg.run_dir / 'STOP'}: remove it to go on"
             return True
         s = self.cfg.search
         if s.max_wall_hours is not None:
@@ -253,7 +256,9 @@ class Driver(ScoringSteps, FollowUpSteps):
 
     def _submit_checked(self) -> bool:
         state = self._state()
-        ready = [c for c in state.with_status("checked", "lost")
+        # submit_failed: a submission the scheduler refused, or one a killed driver left without
+        # its job id (Launcher.resume found no job for it): no training runs, so submit again.
+        ready = [c for c in state.with_status("checked", "lost", "submit_failed")
                  if c.id not in self.launcher.active]
         if not ready:
             return False
