@@ -75,6 +75,8 @@ def assert_same_curve(one: list[float], two: list[float]) -> None:
     # float32 rounding, ~1e-7 relative per step, grown by a few Adam steps; 1e-4 relative is
     # far below the 1e-2 a wrong shard gives (other rows, another loss from the first step).
     assert len(one) == len(two)
+    worst = max(abs(a - b) / abs(a) for a, b in zip(one, two))
+    print(f"1 vs 2 ranks over {len(one)} steps: max relative loss difference {worst:.2e}")
     for step, (a, b) in enumerate(zip(one, two), start=1):
         assert abs(a - b) <= 1e-4 * abs(a), f"step {step}: 1 rank {a}, 2 ranks {b}"
 
