@@ -25,6 +25,7 @@ if (_checkout / "setup.cfg").is_file() and (_checkout / "kernels" / "delta_rule"
 
 from .dispatch import (
     BACKENDS,
+    OPS,
     ENV_VAR,
     available_backends,
     delta_rule,
@@ -36,6 +37,7 @@ from .dispatch import (
 
 __all__ = [
     "BACKENDS",
+    "OPS",
     "ENV_VAR",
     "available_backends",
     "delta_rule",

@@ -30,6 +30,8 @@ from .short_conv.naive import check_activation, naive_short_conv
 
 ENV_VAR = "EVOLVE_KERNEL_BACKEND"
 BACKENDS = ("naive", "chunk", "fla")
+OPS = ("linear_attn", "delta_rule", "gated_delta_rule", "gla", "short_conv")
+"""The public kernel functions of this module, one per op folder of kernels/."""
 
 # None: not tried yet; "": fla imported; otherwise the import error, shown when fla is forced
 _fla_import_error: str | None = None
@@ -90,18 +92,26 @@ def reset_used_backends() -> None:
     _used.clear()
 
 
-def planned_backends(device: str, head_dim: int = 32) -> dict[str, tuple[str, str]]:
+def planned_backends(device: str, head_dim: int = 32, num_heads: int = 2
+                     ) -> dict[str, tuple[str, str]]:
     """op -> (backend, why) that a training step on `device` would use now (heads of
-    `head_dim`, gradients on), without running a kernel: what `evolve doctor` reports."""
-    x = torch.zeros(1, 64, 2, head_dim, device=device)
+    `head_dim`, gradients on), without running a kernel or warning: what `evolve doctor` and
+    tools/bench/gpu_check.py report."""
+    heads = torch.zeros(1, 64, num_heads, head_dim, device=device)  # [B, T, H, K]
+    width = torch.zeros(1, 64, num_heads * head_dim, device=device)  # [B, T, D]
     with torch.enable_grad():
-        return {op: _select(op, x, x) for op in ("linear_attn", "delta_rule",
-                                                  "gated_delta_rule", "gla", "short_conv")}
+        return {op: _select(op, width if op == "short_conv" else heads,
+                            None if op == "short_conv" else heads) for op in OPS}
 
 
 def select_backend(op: str, x: torch.Tensor, v: torch.Tensor | None = None) -> str:
     """The backend a call of `op` on tensors like `x` (and values `v`) uses now."""
     backend, why = _select(op, x, v)
+    # A fallback from fla on CUDA is worth one warning per reason (forcing chunk is not).
+    if backend == "chunk" and x.is_cuda and forced_backend() is None and why not in _warned:
+        _warned.add(why)
+        warnings.warn(f"evolve.kernels.{op}: {why}; using the chunked PyTorch form",
+                      stacklevel=3)
     _used.setdefault(op, {}).setdefault(backend, why)
     return backend
 
@@ -126,11 +136,6 @@ def _select(op: str, x: torch.Tensor, v: torch.Tensor | None) -> tuple[str, str]
         return "fla", "CUDA tensors and fla imports"
     if forced == "fla":
         raise RuntimeError(f"{ENV_VAR}=fla, but {reason}")
-    if reason not in _warned:
-        _warned.add(reason)
-        warnings.warn(
-            f"evolve.kernels.{op}: {reason}; using the chunked PyTorch form", stacklevel=3
-        )
     return "chunk", reason
 
 

@@ -143,8 +143,10 @@ def replay_events(events: Iterable[dict[str, Any]]) -> Replay:
     for ev in events:
         n += 1
         name = ev.get("event")
-        about = [ev["candidate"]] if ev.get("candidate") is not None else \
-            list(ev.get("candidates", [])) if name in EVENT_STATUS or "status" in ev else []
+        cid = ev.get("candidate")
+        # The candidates whose state this event changes: its own, or a run-level event's list.
+        about = [cid] if cid is not None else list(ev.get("candidates", [])) \
+            if name in EVENT_STATUS or "status" in ev else []
         unknown = [c for c in about if c not in cands and name != "created"]
         if unknown:
             ignored.extend({"line": n, "event": name, "candidate": c} for c in unknown)
@@ -153,12 +155,8 @@ def replay_events(events: Iterable[dict[str, Any]]) -> Replay:
             subs[ev["submission"]] = Submission(
                 name=ev["submission"], executor=ev.get("executor", ""), folder=ev.get("folder", ""),
                 candidates=list(ev.get("candidates", [])), t=ev.get("t", 0.0))
-        cid = ev.get("candidate")
-        if cid is not None:
-            _apply(cands, cid, name, ev)
-        elif "candidates" in ev and (name in EVENT_STATUS or "status" in ev):
-            for c in ev["candidates"]:
-                _apply(cands, c, name, ev)
+        for c in about:
+            _apply(cands, c, name, ev)
         sub = subs.get(ev.get("submission", "")) if "submission" in ev else None
         if sub is not None:
             if name == "submitted" and cid is not None:

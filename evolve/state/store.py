@@ -453,13 +453,13 @@ class Store:
         """Who runs this run's driver now ({"pid", "host", "since"}), or None when no driver
         holds the lock: read from the lock itself, not from the journal, so a killed driver
         (kill -9, a lost node) is not reported as running."""
-        holder = read_json(self.driver_holder_path, None)
         try:
             probe = self.lock("driver", timeout_s=0)
             probe.acquire()
         except LockTimeoutError:
-            return holder or {}
+            return read_json(self.driver_holder_path, None) or {}
         except OSError:  # a read-only run folder: judge by the recorded holder's pid
+            holder = read_json(self.driver_holder_path, None)
             if holder and holder.get("host") == socket.gethostname():
                 return holder if pid_alive(int(holder.get("pid", 0))) else None
             return holder

@@ -279,10 +279,11 @@ class TokenData:
         import torch
 
         self._check_len(self.train, "train", seq_len)
+        from evolve.train.distributed import rank_rows
+
         rng = np.random.default_rng([seed, 0, step])
-        per_rank = batch_size // world_size
         starts = rng.integers(0, len(self.train) - seq_len, size=batch_size)
-        starts = starts[rank * per_rank:(rank + 1) * per_rank]
+        starts = starts[rank_rows(batch_size, rank, world_size)]
         w = torch.from_numpy(self.train[starts[:, None] + np.arange(seq_len + 1)].astype(np.int64))
         return w[:, :-1], w[:, 1:]
 

@@ -40,10 +40,12 @@ class Ranks:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def shard(self, global_batch: int) -> slice:
-        """The rows of a global batch of `global_batch` rows that this rank trains on."""
-        per_rank = global_batch // self.world_size
-        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+def rank_rows(global_batch: int, rank: int, world_size: int) -> slice:
+    """The rows of a global batch of `global_batch` rows that rank `rank` of `world_size` trains
+    on: N ranks together cover the batch one process would."""
+    per_rank = global_batch // world_size
+    return slice(rank * per_rank, (rank + 1) * per_rank)
 
 
 def _port_for(job_id: str) -> int:

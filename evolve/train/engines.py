@@ -87,13 +87,13 @@ class TorchEngine:
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                            betas=tuple(cfg.betas), fused=fused)
         wrapped: nn.Module = self.model
+        self.ddp: Any = None
         if group is not None:
             from torch.nn.parallel import DistributedDataParallel
 
-            wrapped = DistributedDataParallel(
+            wrapped = self.ddp = DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None,
                 process_group=group)
-        self.ddp = wrapped if group is not None else None
         self.forward_model = (torch.compile(wrapped) if runtime.compile
                               and device.type == "cuda" else wrapped)
 

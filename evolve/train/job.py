@@ -42,7 +42,6 @@ def _batches(name: str, cfg: TrainConfig, seed: int, ranks: Ranks = Ranks()):
     """`batches(step)`: this rank's rows of the global batch of each step; and the data."""
     rank, world = ranks.rank, ranks.world_size
     track = cfg.tracks()[name]
-    track.accumulation(world)  # the global batch must split over the ranks: say so now
     if name == "lm":
         from evolve.train.data import load_data
 
@@ -172,10 +171,11 @@ def train_candidate(mixer: str | Path, cfg: TrainConfig, folder: Path,
         result.update(status="failed", reason=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc())
     result["metrics"] = _headline(result["tracks"])
-    result["kernel_backends"] = {op: sorted({b for t in result["tracks"].values()
-                                             for b in t.get("kernel_backends", {}).get(op, {})})
-                                 for op in sorted({op for t in result["tracks"].values()
-                                                   for op in t.get("kernel_backends", {})})}
+    used: dict[str, set[str]] = {}
+    for track in result["tracks"].values():
+        for op, backends in track.get("kernel_backends", {}).items():
+            used.setdefault(op, set()).update(backends)
+    result["kernel_backends"] = {op: sorted(b) for op, b in sorted(used.items())}
     result["wall_s"] = round(time.time() - started, 2)
     if ranks.is_main:
         atomic_write_json(folder / "result.json", result)

@@ -150,8 +150,9 @@ def mqar_batch(cfg: MQARConfig, *, step: int, batch_size: int, seed: int, rank: 
                          seq_len=cfg.seq_len, power_a=cfg.power_a,
                          random_non_queries=cfg.random_non_queries,
                          num_kv_pairs=cfg.num_kv_pairs if num_kv_pairs is None else num_kv_pairs)
-    per_rank = batch_size // world_size
-    rows = slice(rank * per_rank, (rank + 1) * per_rank)
+    from evolve.train.distributed import rank_rows
+
+    rows = rank_rows(batch_size, rank, world_size)
     return torch.from_numpy(x[rows]), torch.from_numpy(y[rows])
 
 

@@ -44,7 +44,6 @@ import sys
 import tempfile
 import time
 import traceback
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 if importlib.util.find_spec("evolve") is None:
     sys.path.append(str(ROOT))
-OPS = ("linear_attn", "delta_rule", "gated_delta_rule", "gla", "short_conv")
 DEFAULT_MIXERS = "deltanet,gated_deltanet"
 
 # Part time caps in seconds (each part also stops at the run's --budget-s).
@@ -233,27 +231,17 @@ def run_op(op: str, args: dict, backend: str, do=None, backward: bool = True,
             os.environ["EVOLVE_KERNEL_BACKEND"] = old
 
 
-def auto_backend(op: str, device: str, H: int, K: int) -> dict:
-    """The backend the dispatcher picks by default for a training call (grad enabled) of `op`
-    on `device` at head size K, and the reason it gives when that is not fla."""
-    torch = _torch()
-    from evolve.kernels import dispatch
+def auto_backends(ops: list[str], device: str, H: int, K: int) -> dict:
+    """The backend the dispatcher picks by default for a training call (grad enabled) of each
+    op on `device` at H heads of size K, and its reason when that is not fla."""
+    from evolve.kernels.dispatch import planned_backends
 
-    shape = (1, 64, H * K) if op == "short_conv" else (1, 64, H, K)
-    x = torch.zeros(*shape, device=device, dtype=torch.bfloat16)
-    old = os.environ.pop(dispatch.ENV_VAR, None)
     try:
-        dispatch._warned.clear()
-        with warnings.catch_warnings(record=True) as caught, torch.enable_grad():
-            warnings.simplefilter("always")
-            backend = dispatch.select_backend(op, x, None if op == "short_conv" else x)
-        reason = "; ".join(str(w.message) for w in caught)
-        return {"backend": backend, "reason": reason}
+        plan = planned_backends(device, head_dim=K, num_heads=H)
     except Exception:
-        return {"backend": None, "reason": short_error()}
-    finally:
-        if old is not None:
-            os.environ[dispatch.ENV_VAR] = old
+        return {op: {"backend": None, "reason": short_error()} for op in ops}
+    return {op: {"backend": plan[op][0], "reason": "" if plan[op][0] == "fla" else plan[op][1]}
+            for op in ops}
 
 
 def check_op(op: str, a: argparse.Namespace, backends: list[str]) -> dict:
@@ -415,7 +403,7 @@ def part_env(a: argparse.Namespace) -> dict:
         except Exception:
             out["matmul_error"] = short_error()
     head = a.speed_shape
-    out["auto_backend"] = {op: auto_backend(op, a.device, head[2], head[3]) for op in a.ops}
+    out["auto_backend"] = auto_backends(a.ops, a.device, head[2], head[3])
     return out
 
 
@@ -770,6 +758,8 @@ def print_summary(report: dict[str, Any], a: argparse.Namespace) -> None:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    from evolve.kernels import OPS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",

@@ -32,9 +32,7 @@ import torch.nn.functional as F
 
 import evolve.kernels as kernels
 from evolve.state.fsio import atomic_write_json
-from evolve.kernels import dispatch
-
-OPS = ("linear_attn", "delta_rule", "gated_delta_rule", "gla", "short_conv")
+from evolve.kernels import OPS, dispatch
 
 
 @dataclass
