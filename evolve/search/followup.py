@@ -111,11 +111,13 @@ def differing_fields(a: MixerSpec, b: MixerSpec) -> list[str]:
     return [f for f in FIELDS if getattr(a, f) != getattr(b, f)]
 
 
-def nearest_baseline(spec: MixerSpec, baselines: Mapping[str, MixerSpec]) -> tuple[str, list[str]]:
-    """The baseline with the fewest differing fields (ties: the first listed), and those
-    fields."""
-    best = min(baselines, key=lambda n: len(differing_fields(spec, baselines[n])))
-    return best, differing_fields(spec, baselines[best])
+def nearest_baseline(spec: MixerSpec, baselines: Mapping[str, MixerSpec],
+                     prefer: str | None = None) -> tuple[str, list[str]]:
+    """The baseline with the fewest differing fields (ties: `prefer`, else the first listed),
+    and those fields."""
+    diffs = {n: differing_fields(spec, b) for n, b in baselines.items()}
+    best = min(diffs, key=lambda n: (len(diffs[n]), n != prefer))
+    return best, diffs[best]
 
 
 def ablation_variants(spec: MixerSpec, base: MixerSpec) -> list[tuple[str, MixerSpec | None, str]]:

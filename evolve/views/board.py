@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from evolve.model.space import BASELINE_SPECS, MixerSpec, SpecError
-from evolve.search.followup import differing_fields
+from evolve.search.followup import nearest_baseline
 from evolve.state.fsio import StateError, read_json
 from evolve.state.journal import DROPPED, TRAINED
 from evolve.state.store import Store
@@ -111,13 +111,6 @@ class Designs:
             return None
         return spec
 
-    def base_of(self, spec: MixerSpec, prefer: str | None = None) -> tuple[str, list[str]]:
-        """The baseline `spec` differs from in the fewest fields (ties: `prefer`, else the first
-        listed) and those fields."""
-        diffs = {n: differing_fields(spec, b) for n, b in self.baselines.items()}
-        best = min(diffs, key=lambda n: (len(diffs[n]), n != prefer))
-        return best, diffs[best]
-
 
 def lineage_baseline(cid: str, parents: dict[str, list[str]],
                      proposals: dict[str, dict[str, Any]]) -> str | None:
@@ -149,7 +142,7 @@ def design_text(prop: dict[str, Any], parents: list[str], designs: Designs,
     if spec is None or not designs.baselines:
         what = "code" if not prop.get("spec") else "unreadable spec"
         return f"{what} (parent {parents[0]})" if parents else what
-    base, fields = designs.base_of(spec, prefer)
+    base, fields = nearest_baseline(spec, designs.baselines, prefer)
     if not fields:
         return f"{base} (same design)"
     return f"{base}: " + ", ".join(f"{f} {_value(getattr(spec, f))}" for f in fields)

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from evolve.views.board import (Designs, confirmations, design_text, fmt_ci, leaderboard,
                                 lineage_baseline, llm_calls, shorten, status, term, verdict_word)
+from evolve.search.followup import nearest_baseline
 from evolve.state.fsio import StateError, atomic_write_bytes, atomic_write_text, read_json
 from evolve.state.store import Store
 
@@ -180,7 +181,7 @@ def _lineage(store: Store, cands: list[Candidate]) -> None:
             continue
         spec = designs.spec(props[c.id].get("spec")) if c.kind != "baseline" else None
         if spec is not None and designs.baselines:
-            c.anchor = baseline_node.get(designs.base_of(spec, prefer)[0])
+            c.anchor = baseline_node.get(nearest_baseline(spec, designs.baselines, prefer)[0])
 
 
 def _trained_order(store: Store, cands: list[Candidate]) -> list[TrainedPoint]:
