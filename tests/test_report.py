@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_config_dict
+from conftest import run_config_dict, trained_candidate
 
 from evolve.views.board import leaderboard, print_candidate, print_status, print_top, status
 from evolve.agents.cognition import Cognition, CognitionConfig
@@ -172,22 +172,9 @@ MODEL_SOURCE = "local llama.cpp smollm2 at http://127.0.0.1:8080"
 
 def _trained(store: Store, proposal: dict, fitness: float, bpb: float,
              status_event: str = "scored", parents: list[str] = ()) -> str:
-    cid = store.new_candidate(generation=0 if proposal["kind"] == "baseline" else 1,
-                              parents=list(parents))
-    paths = store.candidate(cid)
-    store.write_text(paths.mixer, "# mixer\n")
-    store.write_json(paths.proposal, {**proposal, "id": cid})
-    store.record("proposed", cid)
-    store.record("checked", cid, passed=True)
-    if status_event in ("scored", "analyzed"):
-        store.write_json(paths.result, {"status": "ok", "metrics": {
-            "bpb": bpb, "mqar_acc": 0.5, "tokens_per_s": 1000.0}})
-        store.record("done", cid, gpu_hours=0.01)
-        store.record("scored", cid, fitness=fitness)
-    elif status_event == "running":
-        store.record("submitted", cid, job_id="1")
-        store.record("running", cid)
-    return cid
+    return trained_candidate(store, proposal, fitness=fitness, bpb=bpb,
+                             generation=0 if proposal["kind"] == "baseline" else 1,
+                             parents=parents, status_event=status_event)
 
 
 def _call(store: Store, cid: str, role: str, n: int) -> None:

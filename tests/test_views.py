@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import trained_candidate
 from evolve.model.space import BASELINE_SPECS
 from evolve.state.store import Store
 from evolve.views.board import WHAT_WIDTH, leaderboard, print_top, shorten
@@ -17,17 +18,8 @@ MOTIVATION = "the model's long-winded reason for this design, which belongs in `
 
 def _trained(store: Store, proposal: dict, fitness: float, generation: int,
              parents: tuple[str, ...] = ()) -> str:
-    cid = store.new_candidate(generation=generation, parents=list(parents))
-    paths = store.candidate(cid)
-    store.write_text(paths.mixer, "# mixer\n")
-    store.write_json(paths.proposal, {**proposal, "id": cid})
-    store.record("proposed", cid)
-    store.record("checked", cid, passed=True)
-    store.write_json(paths.result, {"status": "ok", "metrics": {
-        "bpb": 1.5 - fitness, "mqar_acc": 0.5, "tokens_per_s": 1000.0}})
-    store.record("done", cid, gpu_hours=0.01)
-    store.record("scored", cid, fitness=fitness)
-    return cid
+    return trained_candidate(store, proposal, fitness=fitness, bpb=1.5 - fitness,
+                             generation=generation, parents=parents)
 
 
 def _spec(base: str, **changes: object) -> dict:
