@@ -46,8 +46,7 @@ def test_a_second_driver_is_refused_writes_nothing_and_names_the_first(tmp_path:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
         journal = (run / "journal.jsonl").read_bytes()
         assert Store.open(run).driver_holder()["pid"] == holder.pid
-        out = subprocess.run([sys.executable, "-m", "evolve.cli.main", "run", str(cfg_file)],
-                             capture_output=True, text=True, timeout=300)
+        out = evolve("run", str(cfg_file))
         assert out.returncode == 2, out.stderr
         assert f"another driver is running this run (pid {holder.pid} on host" in out.stderr
         assert "STOP" in out.stderr and "Traceback" not in out.stderr
@@ -63,8 +62,7 @@ def test_a_second_driver_is_refused_writes_nothing_and_names_the_first(tmp_path:
 
 
 def driver_status(run: Path) -> str:
-    out = subprocess.run([sys.executable, "-m", "evolve.cli.main", "status", str(run), "--json"],
-                         capture_output=True, text=True, timeout=120)
+    out = evolve("status", str(run), "--json")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)["driver"]
 
