@@ -87,3 +87,36 @@ def test_every_error_class_of_evolve_derives_from_one_base() -> None:
                     and not issubclass(cls, EvolveError)):
                 outside.append(f"{info.name}.{name}")
     assert not outside, f"error classes not derived from evolve.EvolveError: {outside}"
+
+
+RUN_FILE_NAMES = {"run.yaml", "journal.jsonl", "requests", "ablation.json", "STOP",
+                  "mixer.py", "proposal.json", "checks.json", "job.json", "result.json",
+                  "analysis.json", "error.json", "confirmation.json", "confirmation-",
+                  "endpoint.json", "driver.holder.json"}
+"""A run folder's file names: a string constant of exactly one of these is a path being built."""
+
+
+def code_strings(path: Path) -> list[tuple[int, str]]:
+    """The string constants of a module's code, without its docstrings (line, text)."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) \
+                and node.body and isinstance(node.body[0], ast.Expr) \
+                and isinstance(node.body[0].value, ast.Constant):
+            docstrings.add(id(node.body[0].value))
+    return [(n.lineno, n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
+
+
+def test_run_folder_file_names_are_spelled_only_in_the_layout_module() -> None:
+    """evolve.state.layout owns every file name of a run folder: code elsewhere asks it."""
+    found = []
+    for path in sorted((REPO / "evolve").rglob("*.py")):
+        if path == REPO / "evolve" / "state" / "layout.py":
+            continue
+        found += [f"{path.relative_to(REPO)}:{line}: {text!r}"
+                  for line, text in code_strings(path) if text.strip("/") in RUN_FILE_NAMES]
+    assert not found, "run-folder file names outside evolve/state/layout.py:\n" + "\n".join(found)

@@ -212,11 +212,11 @@ def test_import_gate_allowlist_is_configurable() -> None:
     assert "module 'einops'" in _static("import einops", cfg).message
 
 
-def test_seccomp_program_assembles() -> None:
-    from evolve.gates.seccomp import DENY_X86_64, build_program
+def test_seccomp_filter_builds_here() -> None:
+    from evolve.gates.seccomp import DENY, build_filter
 
-    code = build_program(1234)
-    assert len(code) % 8 == 0 and len(code) // 8 > len(DENY_X86_64)
+    _, filtered, unknown = build_filter(1234)
+    assert set(DENY) <= set(filtered) and unknown == []
 
 
 # ---------------------------------------------------------------- the corpus, sandboxed
@@ -346,8 +346,7 @@ def test_sandbox_reports_its_layers(corpus_runs: dict) -> None:
     assert layers["rlimit_fsize"] == 0 and layers["rlimit_core"] == 0
     assert layers["rlimit_as_mb"] > layers["torch_address_space_mb"]
     assert layers["audit_hook"] == "on"
-    if platform.machine() == "x86_64":
-        assert layers["seccomp"].startswith("on"), layers["seccomp"]
+    assert layers["seccomp"].startswith("on"), layers["seccomp"]  # every architecture
     if os.geteuid() == 0:
         assert "nobody" in layers["user"] and "RLIMIT_NPROC" in layers["user"]
 
@@ -378,13 +377,12 @@ print(results)
 """
 
 
-@pytest.mark.skipif(platform.machine() != "x86_64" or sys.platform != "linux",
-                    reason="the seccomp filter is built for Linux x86_64")
+@pytest.mark.skipif(sys.platform != "linux", reason="seccomp is a Linux facility")
 def test_seccomp_filter_alone_blocks_writes_processes_sockets(tmp_path: Path) -> None:
     # No audit hook, no privilege drop: the kernel filter by itself, even for root.
     out = subprocess.run([sys.executable, "-c", SECCOMP_PROBE, str(tmp_path)], check=True,
                          capture_output=True, text=True, timeout=60).stdout.splitlines()
-    assert out[0].startswith("on (x86_64")
+    assert out[0].startswith(f"on ({platform.machine()} via libseccomp"), out[0]
     results = ast.literal_eval(out[1])
     eperm = 1
     assert results["write"] == results["mkdir"] == results["fork"] == eperm

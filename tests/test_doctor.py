@@ -4,6 +4,8 @@ or is gone, and the lock probe on this filesystem."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,7 +20,8 @@ from evolve.cli.doctor import LEVELS, check_llm, check_locks, main_doctor
 from evolve.state.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
-NAMES = ["python", "torch", "kernels", "slurm", "sacct", "llm", "locks", "data", "olmo_eval",
+NAMES = ["python", "torch", "kernels", "gpu", "deepspeed", "distributed", "budget", "shadowing",
+         "seccomp", "slurm_names", "slurm", "sacct", "llm", "locks", "data", "olmo_eval",
          "llama_cpp"]
 KEY = "sk-doctor-test-key-0123456789"
 
@@ -128,4 +131,129 @@ def test_kernels_check_names_the_backend_of_every_op_on_this_node() -> None:
     for op in ("linear_attn", "delta_rule", "gated_delta_rule", "gla", "short_conv"):
         assert f"{op} " in check.detail
     if device == "cpu":  # fla's kernels need CUDA: every op runs its chunked form here
-        assert check.status == "OK" and check.detail.count(" chunk") == 5
+        from evolve.kernels.dispatch import OPS
+
+        assert check.status == "OK" and check.detail.count(" chunk") == len(OPS)
+
+
+# ---------------------------------------------------------------- each check made to fail
+
+def doctor(*args: str, cwd: Path = REPO, **env: str) -> tuple[int, dict[str, dict]]:
+    full = {k: v for k, v in os.environ.items() if k not in ("EVOLVE_SITE", "PYTHONSAFEPATH")}
+    full.update(env)
+    proc = subprocess.run([sys.executable, "-m", "evolve.cli.main", "doctor", "--json", *args],
+                          cwd=cwd, env=full, capture_output=True, text=True, timeout=300)
+    assert proc.stdout, proc.stderr
+    return proc.returncode, {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+
+
+def run_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_gpu_check_fails_for_a_cuda_preset_on_a_node_without_cuda(tmp_path: Path) -> None:
+    import torch
+
+    from evolve.cli.doctor_cluster import check_gpu
+    from evolve.train.presets import explore, tiny
+
+    if torch.cuda.is_available():
+        pytest.skip("this node has CUDA: the explore preset can train here")
+    check = check_gpu(explore(), "explore")
+    assert check.status == "FAIL" and "no CUDA device" in check.detail
+    assert "launch.partition" in check.detail
+    cfg = tiny()
+    cfg.runtime.precision = "bf16"  # bf16 on CPU (autocast): the matmul runs for real
+    ok = check_gpu(cfg, "tiny")
+    assert ok.status == "OK" and "bf16 matmul works on cpu" in ok.detail
+
+
+def test_kernels_check_fails_on_a_backend_that_does_not_exist() -> None:
+    code, checks = doctor("--only", "kernels", EVOLVE_KERNEL_BACKEND="tritonn")
+    assert code == 1 and checks["kernels"]["status"] == "FAIL"
+    assert "'tritonn'" in checks["kernels"]["detail"] and "naive, chunk, fla" in \
+        checks["kernels"]["detail"]
+
+
+def test_deepspeed_check_fails_on_a_broken_install(tmp_path: Path) -> None:
+    # A real broken package first on the path: a build whose import raises.
+    broken = tmp_path / "site" / "deepspeed"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('libaio missing: ops not built')\n")
+    config = run_file(tmp_path, "preset: tiny\ntrain: {runtime: {engine: deepspeed}}\n")
+    code, checks = doctor("--only", "deepspeed", "--config", config,
+                          PYTHONPATH=str(tmp_path / "site"))
+    assert code == 1 and checks["deepspeed"]["status"] == "FAIL"
+    assert "libaio missing" in checks["deepspeed"]["detail"]
+    assert "engine: torch" in checks["deepspeed"]["detail"]
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    code, checks = doctor("--only", "deepspeed", "--config", config, PATH=str(empty))
+    assert checks["deepspeed"]["status"] == "WARN", checks  # no compiler for its CPU op
+    assert "ninja and c++ not on PATH" in checks["deepspeed"]["detail"]
+
+
+def test_distributed_check_initialises_gloo_and_fails_nccl_without_a_gpu() -> None:
+    import torch
+
+    from evolve.cli.doctor_cluster import check_distributed
+
+    assert check_distributed("gloo").status == "OK"
+    if torch.cuda.is_available():
+        pytest.skip("this node has CUDA: nccl can initialise")
+    nccl = check_distributed("nccl")
+    assert nccl.status == "FAIL" and "GPU node" in nccl.detail
+
+
+def test_budget_check_fails_when_the_corpus_is_read_too_often(tmp_path: Path) -> None:
+    config = run_file(tmp_path, "preset: tiny\ntrain: {lm: {max_steps: 100000}}\n")
+    code, checks = doctor("--only", "budget", "--config", config)
+    assert code == 1 and checks["budget"]["status"] == "FAIL"
+    assert "corpus 'shakespeare'" in checks["budget"]["detail"]
+    assert "train.data.corpus" in checks["budget"]["detail"]
+
+
+def test_shadowing_check_finds_a_folder_hiding_an_installed_package(tmp_path: Path) -> None:
+    from evolve.cli.doctor_cluster import check_shadowing
+
+    # word2number: installed (lm-eval needs it), never imported by evolve itself; a folder of
+    # that name hiding pyyaml instead breaks the doctor itself, as it would break a run.
+    (tmp_path / "word2number").mkdir()
+    (tmp_path / "word2number" / "__init__.py").write_text("")
+    (tmp_path / "notes").mkdir()
+    code, checks = doctor("--only", "shadowing", cwd=tmp_path)
+    assert code == 1 and checks["shadowing"]["status"] == "FAIL"
+    detail = checks["shadowing"]["detail"]
+    assert "hiding the installed word2number" in detail and "PYTHONSAFEPATH=1" in detail
+    assert "notes" in detail
+    code, checks = doctor("--only", "shadowing", cwd=tmp_path, PYTHONSAFEPATH="1")
+    assert code == 0 and checks["shadowing"]["status"] == "OK"
+    assert check_shadowing(REPO).status in ("OK", "WARN")  # this repository hides nothing
+
+
+def test_slurm_check_without_slurm_commands(tmp_path: Path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    code, checks = doctor("--only", "slurm,sacct", PATH=str(empty))
+    assert checks["slurm"]["status"] == "WARN" and "sinfo and sbatch" in checks["slurm"]["detail"]
+    assert checks["sacct"]["status"] == "WARN"
+
+
+def test_slurm_check_fails_when_the_controller_is_unreachable(tmp_path: Path) -> None:
+    if shutil.which("sinfo") is None:
+        pytest.skip("sinfo is not installed")
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(f"ClusterName=nowhere\nSlurmctldHost=localhost\nSlurmctldPort="
+                    f"{closed_port()}\nNodeName=n1 CPUs=1 State=UNKNOWN\n"
+                    "PartitionName=p Nodes=n1\n")
+    code, checks = doctor("--only", "slurm", SLURM_CONF=str(conf))
+    assert code == 1 and checks["slurm"]["status"] == "FAIL"
+    assert "slurmctld reachable" in checks["slurm"]["detail"]
+
+
+def test_only_names_the_valid_checks() -> None:
+    proc = subprocess.run([sys.executable, "-m", "evolve.cli.main", "doctor", "--only", "gpuu"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "gpuu: no such check; valid: python" in proc.stderr

@@ -21,6 +21,7 @@ from evolve.views.board import leaderboard, status
 from evolve.search.run_config import load_run_config
 from evolve.search.driver import Driver
 from evolve.state.store import Store
+from evolve.train.job import TrainJob
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -206,3 +207,138 @@ def slurm_cluster() -> None:
         if os.environ.get("CI"):
             pytest.fail("CI is set but sbatch is missing: run tools/slurm-local.sh start")
         pytest.skip("no Slurm here (tools/slurm-local.sh start)")
+
+
+class ListingTrainJob(TrainJob):
+    """The real training job, which also lists the candidates it trained in a file: shows that
+    the driver ran the training callable it was given."""
+
+    def __init__(self, listing: Path) -> None:
+        super().__init__()
+        self.listing = listing
+
+    def __call__(self, candidate_dir: str, train_cfg: dict) -> dict:
+        with open(self.listing, "a") as f:
+            f.write(Path(candidate_dir).name + "\n")
+        return super().__call__(candidate_dir, train_cfg)
+
+
+def test_the_driver_runs_the_training_callable_it_is_given(tmp_path: Path) -> None:
+    path = tmp_path / "debug.yaml"
+    path.write_text(yaml.safe_dump(run_config_dict(
+        tmp_path / "state", steps=2, checkpoint_every=2, launch={"executor": "debug"},
+        search={"max_candidates": 1, "generation_size": 1, "baselines": ["deltanet"]})))
+    cfg = load_run_config(path)
+    listing = tmp_path / "trained.txt"
+    driver = Driver(cfg, train_job=ListingTrainJob(listing))
+    assert driver.run() == 0 and driver.stop_reason == "complete"
+    trained = [c.id for c in driver.view.candidates() if driver.view.result(c.id)]
+    assert sorted(listing.read_text().split()) == sorted(trained) and len(trained) == 2
+
+
+def test_baselines_train_with_the_seeds_the_proposals_train_with(tmp_path: Path) -> None:
+    """Search seed 3: baselines get seeds 3 and 4 (baseline_seeds 2), not 0 and 1, so that a
+    proposal (seed 3) is compared with baselines trained under its own seed."""
+    path = tmp_path / "seeded.yaml"
+    path.write_text(yaml.safe_dump(run_config_dict(
+        tmp_path / "state", search={"seed": 3, "baseline_seeds": 2, "max_candidates": 1})))
+    driver = Driver(load_run_config(path))
+    with driver.store.driver_lock():
+        driver._submit_baselines()
+    seeds = sorted(driver.view.proposal(c.id)["seed"] for c in driver.view.candidates("baseline"))
+    assert seeds == [3, 3, 4, 4]
+
+
+def test_with_islands_a_proposal_is_placed_on_its_first_parents_island(tmp_path: Path) -> None:
+    path = tmp_path / "islands.yaml"
+    path.write_text(yaml.safe_dump(run_config_dict(
+        tmp_path / "state", sampling={"strategy": "islands", "num_islands": 2},
+        search={"max_candidates": 4})))
+    driver = Driver(load_run_config(path))
+    code = "# not trained in this test\n"
+    with driver.store.driver_lock():
+        driver._submit_baselines()
+        base = driver.view.candidates("baseline")[0].id
+        first = [driver._new_candidate(code, {"kind": "proposal", "parents": [base]}, 1)
+                 for _ in range(3)]
+        child = driver._new_candidate(code, {"kind": "proposal", "parents": [first[1], base]}, 2)
+    islands = {c: driver.view.state.candidates[c].island for c in [*first, child]}
+    # Children of a baseline go round the islands; a lineage stays on its island.
+    assert [islands[c] for c in first] == [0, 1, 0] and islands[child] == 1
+    assert driver.view.proposal(child)["island"] == 1
+    assert all(c.island is None for c in driver.view.candidates("baseline"))
+
+
+class ScriptedProposer:
+    """A proposer that hands out prepared drafts in order (a real Proposer, scripted so that the
+    test controls how close each draft is to the archive)."""
+
+    name = "scripted"
+
+    def __init__(self, drafts: list) -> None:
+        self.drafts = list(drafts)
+
+    def propose(self, archive: list, n: int, generation: int) -> list:
+        out, self.drafts = self.drafts[:n], self.drafts[n:]
+        return out
+
+
+def test_a_near_duplicate_draft_goes_back_to_its_proposer_once(tmp_path: Path) -> None:
+    from evolve.model.render import render
+    from evolve.model.space import BASELINE_SPECS
+    from evolve.search.proposers import Draft
+
+    path = tmp_path / "novelty.yaml"
+    path.write_text(yaml.safe_dump(run_config_dict(
+        tmp_path / "state", search={"max_candidates": 1, "generation_size": 1,
+                                    "baselines": ["deltanet"]})))
+    base = BASELINE_SPECS["deltanet"]
+    near = base.replace(value_ratio=2)  # the same idea text as deltanet but for one field
+    far = BASELINE_SPECS["gla"].replace(value_ratio=2)
+    drafts = [Draft(code=render(near), motivation="baseline deltanet", parents=[],
+                    proposer="scripted", spec=near),
+              Draft(code=render(far), motivation="a gated linear attention with wider values",
+                    parents=[], proposer="scripted", spec=far)]
+    driver = Driver(load_run_config(path), proposer=ScriptedProposer(drafts))
+    with driver.store.driver_lock():
+        driver._submit_baselines()
+        assert driver._propose_if_room()
+    events = [e for e in driver.store.events() if e["event"] == "novelty_returned"]
+    assert len(events) == 1 and events[0]["similarity"] >= 0.92
+    (proposal,) = [driver.view.proposal(c.id) for c in driver.view.candidates("proposal")]
+    assert proposal["motivation"].startswith("a gated linear") \
+        and proposal["returned_for"] == events[0]["nearest"]
+    assert status(driver.store.root)["novelty_returned"] == 1
+
+
+@pytest.mark.slow
+def test_a_second_run_reuses_the_baselines_the_first_one_trained(tmp_path: Path) -> None:
+    """Two runs under one root with the same seed: the second trains nothing (its baseline, and
+    its proposal, which the seeded mutator proposes again, are cache hits journaled as
+    `reused`); with reuse off a third trains them again."""
+    def run(name: str, reuse: bool = True) -> tuple[Driver, list[str]]:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(run_config_dict(
+            tmp_path / "state", name=name, steps=2, checkpoint_every=2,
+            launch={"executor": "debug"},
+            search={"max_candidates": 1, "generation_size": 1, "baselines": ["deltanet"],
+                    "seed": 0})))
+        listing = tmp_path / f"{name}.trained"
+        driver = Driver(load_run_config(path), train_job=ListingTrainJob(listing),
+                        reuse_results=reuse)
+        assert driver.run() == 0 and driver.stop_reason == "complete"
+        return driver, listing.read_text().split() if listing.exists() else []
+
+    first, trained_first = run("first")
+    second, trained_second = run("second")
+    (base1,) = [c.id for c in first.view.candidates("baseline")]
+    (base2,) = [c.id for c in second.view.candidates("baseline")]
+    assert base1 in trained_first and len(trained_first) == 2 and trained_second == []
+    reused = {e["candidate"]: e for e in second.store.events() if e["event"] == "reused"}
+    assert sorted(reused) == sorted(c.id for c in second.view.candidates())
+    assert reused[base2]["source"] == str(first.store.candidate(base1).dir)
+    assert second.view.result(base2)["metrics"] == first.view.result(base1)["metrics"]
+    board = {r["id"]: r for r in leaderboard(second.store.root)}
+    assert board[base2]["label"] == "(reused) deltanet" and board[base2]["fitness"] == 0.0
+    third, trained_third = run("third", reuse=False)
+    assert len(trained_third) == 2

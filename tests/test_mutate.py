@@ -200,7 +200,8 @@ def test_apply_edits_makes_the_child() -> None:
     assert apply_edits(parent, [{"field": "key_ratio", "value": 2}]).key_ratio == 2.0
     gla = BASELINE_SPECS["gla"]
     repaired = apply_edits(gla, [{"field": "update_rule", "value": "delta"}], repair=True)
-    assert (repaired.update_rule, repaired.qk_norm, repaired.decay) == ("delta", "l2", "scalar")
+    # the delta rule keeps GLA's per-channel decay (KDA, issue 16); only q/k need repair
+    assert (repaired.update_rule, repaired.qk_norm, repaired.decay) == ("delta", "l2", "channel")
 
 
 @pytest.mark.parametrize("edits, message", [

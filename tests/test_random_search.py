@@ -72,3 +72,28 @@ def test_rendered_drafts_pass_the_static_gates() -> None:
         assert verdict.passed and tree is not None, verdict.message
         verdict = imports_gate(tree, Path("mixer.py"), cfg)
         assert verdict.passed, verdict.message
+
+
+def test_the_independent_control_mutates_the_base_alone_whatever_the_archive() -> None:
+    """Every draft's only parent is the base baseline, and a scored archive changes nothing:
+    the same seed gives the same drafts with or without results to learn from."""
+    from evolve.search.independent import IndependentProposer
+    from evolve.search.mutator import MutatorConfig
+
+    base = ArchiveEntry(id="c000000", spec=BASELINE_SPECS["deltanet"], fitness=0.0,
+                        name="deltanet")
+    strong = ArchiveEntry(id="c000009", spec=BASELINE_SPECS["gla"].replace(value_ratio=2),
+                          fitness=0.5, parents=["c000000"])
+    plain = IndependentProposer(MutatorConfig(), "deltanet", random.Random(3)).propose(
+        [base], 6, generation=1)
+    rich = IndependentProposer(MutatorConfig(), "deltanet", random.Random(3)).propose(
+        [base, strong], 6, generation=4)
+    assert [d.spec for d in plain] == [d.spec for d in rich] and len(plain) == 6
+    assert all(d.parents == ["c000000"] and d.proposer == "independent" for d in plain)
+    assert len({d.spec.digest() for d in plain}) == 6
+    try:
+        IndependentProposer(MutatorConfig(), "kda_missing", random.Random(0)).propose([base], 1, 1)
+    except ValueError as exc:
+        assert "search.baselines" in str(exc)
+    else:
+        raise AssertionError("a base the run does not train must be an error")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import run_config_dict
@@ -67,9 +68,9 @@ def driver_status(run: Path) -> str:
     return json.loads(out.stdout)["driver"]
 
 
-def evolve(*args: str) -> subprocess.CompletedProcess:
+def evolve(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "evolve.cli.main", *args], capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, cwd=cwd)
 
 
 def test_bad_input_and_a_failed_gate_end_in_distinct_exit_codes_without_tracebacks(
@@ -126,3 +127,54 @@ def test_a_driver_started_with_a_stop_file_submits_nothing_and_names_the_file(
               (run / "journal.jsonl").read_text().splitlines()]
     assert "created" not in events and "submitted" not in events, events
     assert events[-2:] == ["driver_start", "driver_stop"]
+
+
+TRAIN_SETTINGS = {"lm": {"max_steps": 2, "checkpoint_every": 2, "log_every": 1},
+                  "mqar": {"max_steps": 2, "batch_size": 16, "checkpoint_every": 2,
+                           "log_every": 1},
+                  "eval": {"lm_eval_tasks": [], "bpb_windows": 2},
+                  "mqar_task": {"num_eval_examples": 16}, "runtime": {"num_threads": 1}}
+
+
+@pytest.mark.slow
+def test_train_runs_the_gates_first_and_records_a_skip(tmp_path: Path) -> None:
+    leaky = Path(__file__).parent / "fixtures" / "bad_mixers" / "leak_flip.py"
+    settings = tmp_path / "train.yaml"
+    settings.write_text(yaml.safe_dump(TRAIN_SETTINGS))
+    out = tmp_path / "out"
+    refused = evolve("train", "--mixer", str(leaky), "--config", str(settings), "--out",
+                     str(out), "--tracks", "mqar", cwd=tmp_path)
+    assert refused.returncode == 1, refused.stderr
+    assert "fails the causality gate; not trained" in refused.stderr
+    assert not (out / "train").exists()
+    forced = evolve("train", "--mixer", str(leaky), "--config", str(settings), "--out",
+                    str(out), "--tracks", "mqar", "--no-check", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["checks"] == {"skipped": True, "reason": "--no-check"}
+    # Run outside a checkout (tmp_path): no git noise.
+    assert "fatal" not in refused.stderr + forced.stderr
+
+
+def test_a_binary_or_empty_config_or_mixer_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00binary")
+    mixer = tmp_path / "bin.py"
+    mixer.write_bytes(b"\xff\xfe\x00binary")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing but a comment\n")
+    for args in (("config", "validate", str(binary)), ("run", str(binary)),
+                 ("check", "--config", str(binary), str(mixer)),
+                 ("train", "--mixer", "deltanet", "--config", str(binary))):
+        out = evolve(*args, cwd=tmp_path)
+        assert out.returncode == 2, (args, out.stderr)
+        assert f"{binary}: not a text file (byte 0xff at offset 0 is not UTF-8)" in out.stderr
+        assert "Traceback" not in out.stderr and "codec" not in out.stderr
+    for args in (("check", str(mixer)), ("train", "--mixer", str(mixer))):
+        out = evolve(*args, cwd=tmp_path)
+        assert out.returncode == 1, (args, out.stderr)
+        assert f"{mixer.name}:1: not UTF-8 (byte 0xff at offset 0)" in out.stdout + out.stderr
+    for args in (("run", str(empty)), ("config", "validate", str(empty))):
+        out = evolve(*args, cwd=tmp_path)
+        assert out.returncode == 2 and f"{empty}: the file is empty" in out.stderr, out.stderr
+    assert not (tmp_path / "state").exists(), "an empty run file started the demo"

@@ -82,7 +82,7 @@ def test_driver_script_asks_for_a_signal_and_requeues() -> None:
     text = (REPO / "slurm" / "driver.sbatch").read_text()
     assert "#SBATCH --signal=B:USR1@" in text and "#SBATCH --requeue" in text
     assert 'scontrol requeue "$SLURM_JOB_ID"' in text
-    assert '-m evolve.cli.main run "$CONFIG"' in text
+    assert '-m evolve.cli.main run "$@"' in text  # CONFIG and any option, e.g. --force
 
 
 def test_sbatch_text_for_a_config(tmp_path: Path) -> None:
@@ -138,6 +138,42 @@ def test_driver_script_site_keys_are_read(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["sbatch", "--partition=long", "--account=lab",
                                   str(REPO / "slurm" / "driver.sbatch"), "cfg.yaml"]
+
+
+def _stand_in_sbatch(tmp_path: Path, site_text: str) -> dict[str, str]:
+    """An environment whose sbatch is a stand-in printing its arguments (no Slurm needed)."""
+    site = tmp_path / "site.yaml"
+    site.write_text(site_text)
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "sbatch").write_text('#!/bin/bash\necho "sbatch $*"\n')
+    (fake / "sbatch").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(PATH=f"{fake}:{env['PATH']}", EVOLVE_SITE=str(site))
+    return env
+
+
+def test_llm_script_memory_is_a_site_key(tmp_path: Path) -> None:
+    env = _stand_in_sbatch(tmp_path, "llm_partition: gpu\nllm_mem: 24G\n")
+    out = subprocess.run(["bash", str(REPO / "slurm" / "llm.sbatch"), "state/r", "m"], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:3] == ["sbatch", "--partition=gpu", "--mem=24G"]
+
+
+def test_driver_script_passes_every_argument_to_evolve_run(tmp_path: Path) -> None:
+    # Inside a job (SLURM_JOB_ID set) the script runs the driver; a stand-in interpreter (a
+    # test double for Python) prints what it was given, so `--force` must arrive.
+    python = tmp_path / "python"
+    python.write_text('#!/bin/bash\necho "python $*"\n')
+    python.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(SLURM_JOB_ID="1", SLURM_SUBMIT_DIR=str(tmp_path), EVOLVE_PYTHON=str(python),
+               EVOLVE_SITE=str(tmp_path / "none.yaml"))
+    out = subprocess.run(["bash", str(REPO / "slurm" / "driver.sbatch"), "my-run.yaml",
+                          "--force"], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "python -m evolve.cli.main run my-run.yaml --force" in out.stdout, out.stdout
 
 
 def _get(url: str, key: str | None = None) -> int:

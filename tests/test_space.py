@@ -86,7 +86,11 @@ def test_json_numbers_match_their_choices() -> None:
 
 
 @pytest.mark.parametrize("values, field, advice", [
-    ({"update_rule": "delta", "decay": "channel"}, "decay='channel'", "decay 'scalar'"),
+    # (the delta rule with decay='channel' alone is KDA, a point of the space since issue 16)
+    ({"update_rule": "delta", "decay": "channel", "num_householder": 2}, "decay='channel'",
+     "decay 'scalar'"),
+    ({"update_rule": "delta", "removal_key": "separate", "beta": "none"}, "beta='none'",
+     "beta 'sigmoid'"),
     ({"update_rule": "delta", "qk_norm": "none"}, "qk_norm='none'", "qk_norm='l2'"),
     ({"update_rule": "linear", "qk_norm": "none", "beta": "sigmoid2"}, "beta='sigmoid2'",
      "beta 'sigmoid'"),

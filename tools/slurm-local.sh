@@ -197,6 +197,10 @@ start_slurmdbd() {
     slurmdbd
   fi
   wait_for 60 slurmdbd sacctmgr -n list cluster
+  register_accounts
+}
+
+register_accounts() {
   # Registering is idempotent in effect: sacctmgr refuses duplicates with a message, not damage.
   if ! sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER"; then
     sacctmgr -i add cluster "$CLUSTER" >/dev/null
@@ -204,8 +208,14 @@ start_slurmdbd() {
   if ! sacctmgr -n -P list account format=account | grep -qx "$ACCOUNT"; then
     sacctmgr -i add account "$ACCOUNT" cluster="$CLUSTER" description=evolve organization=evolve >/dev/null
   fi
-  if ! sacctmgr -n -P list user format=user | grep -qx root; then
-    sacctmgr -i add user root account="$ACCOUNT" defaultaccount="$ACCOUNT" >/dev/null
+  # An existing user root (created by the packages, or an older run of this script) may lack
+  # the association with $ACCOUNT; `add user` adds just the association then.
+  if ! sacctmgr -n -P show assoc user=root account="$ACCOUNT" format=account | grep -qx "$ACCOUNT"; then
+    if sacctmgr -n -P list user format=user | grep -qx root; then
+      sacctmgr -i add user root account="$ACCOUNT" >/dev/null
+    else
+      sacctmgr -i add user root account="$ACCOUNT" defaultaccount="$ACCOUNT" >/dev/null
+    fi
   fi
 }
 
@@ -231,7 +241,9 @@ cmd_start() {
   install_packages
   if [ -L "$ETC/slurm.conf" ] && alive "$DIR/run/slurmctld.pid" && alive "$DIR/run/slurmd.pid" \
      && alive "$DIR/run/slurmdbd.pid" && alive "$DIR/run/mysql.pid"; then
-    case "$(node_state)" in idle|mixed|allocated|completing) log "already running"; return ;; esac
+    case "$(node_state)" in
+      idle|mixed|allocated|completing) register_accounts; log "already running"; return ;;
+    esac
   fi
   write_configs
   start_munge

@@ -135,6 +135,28 @@ class Endpoint:
                 f"server={self.server!r}, structured_output={self.structured_output!r})")
 
 
+def list_models(base_url: str, key: str | None, timeout_s: float = 5.0) -> list[str]:
+    """GET {base_url}/models: the served model ids; ConnectionError naming the URL (and, for
+    401/403, the refused key, never the key itself) when the server does not answer."""
+    import urllib.error
+    import urllib.request
+
+    url = f"{base_url.rstrip('/')}/models"
+    request = urllib.request.Request(url)
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            body = json.loads(response.read(1 << 20))
+    except urllib.error.HTTPError as exc:
+        hint = " (the key in endpoint.json is refused)" if exc.code in (401, 403) else ""
+        raise ConnectionError(f"GET {url}: HTTP {exc.code} {exc.reason}{hint}") from None
+    except (OSError, ValueError) as exc:  # refused, timed out, unreachable, not JSON
+        raise ConnectionError(f"GET {url}: {getattr(exc, 'reason', exc)}") from None
+    data = body.get("data", []) if isinstance(body, dict) else []
+    return [str(m.get("id")) for m in data if isinstance(m, dict)]
+
+
 def read_endpoint_file(path: str | os.PathLike[str]) -> dict[str, object]:
     """endpoint.json as {"base_url", "key", "model", "server"}; ValueError naming the file."""
     file = Path(path)

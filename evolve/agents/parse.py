@@ -165,6 +165,14 @@ def _checked(code: str, motivation: str, require: str) -> CodeFound:
     names = {s.name for s in tree.body if isinstance(s, ast.ClassDef)}
     names |= {t.id for s in tree.body if isinstance(s, ast.Assign) for t in s.targets
               if isinstance(t, ast.Name)}
+    if require == "Mixer" and require not in names:
+        from evolve.model.fla_adapter import adapt, is_fla_layer
+
+        if is_fla_layer(code):  # a layer written for fla's interface: wrapped as a Mixer
+            try:
+                return CodeFound(code=adapt(code, "answer.py").code, motivation=motivation)
+            except ValueError as exc:  # an fla import evolve has no equivalent for
+                return CodeFound(code=code, motivation=motivation, error=str(exc))
     if require and require not in names:
         found = ", ".join(sorted(names)) or "none"
         return CodeFound(code=code, motivation=motivation, error=f"the code defines no top-level "

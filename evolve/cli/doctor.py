@@ -3,6 +3,8 @@
     evolve doctor                       # Python, torch and GPU, kernels, Slurm, locks, data, ...
     evolve doctor --run state/myrun     # also the run's model server, and locks in that folder
     evolve doctor --json                # {"ok": bool, "checks": [{"name", "status", "detail"}]}
+    evolve doctor --config my-run.yaml  # this node against the run's preset and launch section
+    evolve doctor --only gpu,seccomp    # some checks
 
 Exit status 0 unless a check FAILs. WARN marks something missing that only some setups need
 (Slurm on a laptop, the local model server, the benchmark data). Nothing here changes a run:
@@ -20,11 +22,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 LEVELS = ("OK", "WARN", "FAIL")
 MIN_PYTHON = (3, 10)
@@ -92,9 +92,10 @@ def _command(cmd: list[str]) -> tuple[int, str]:
 
 
 def check_slurm() -> Check:
-    if shutil.which("sinfo") is None:
-        return Check("slurm", "WARN", "sinfo is not on PATH: the slurm executor cannot be used "
-                     "(the local and debug executors can)")
+    missing = [c for c in ("sinfo", "sbatch") if shutil.which(c) is None]
+    if missing:
+        return Check("slurm", "WARN", f"{' and '.join(missing)} not on PATH: the slurm executor "
+                     "cannot be used (the local and debug executors can)")
     rc, out = _command(["sinfo", "-h", "-o", "%P %a %D %t"])
     if rc != 0:
         return Check("slurm", "FAIL", f"sinfo exits {rc}: {out or 'no output'} (is slurmctld "
@@ -116,7 +117,7 @@ def check_sacct() -> Check:
 def check_llm(run: Path | None) -> Check:
     if run is None:
         return Check("llm", "OK", "not checked: give --run RUN to test that run's model server")
-    from evolve.agents.llm_config import read_endpoint_file
+    from evolve.agents.llm_config import list_models, read_endpoint_file
     from evolve.state.store import Store
 
     store = Store.open(run)
@@ -129,19 +130,11 @@ def check_llm(run: Path | None) -> Check:
     except ValueError as exc:  # the message names the file and what it lacks
         return Check("llm", "FAIL", str(exc))
     url = f"{str(endpoint['base_url']).rstrip('/')}/models"
-    request = urllib.request.Request(url)
-    if endpoint.get("key"):
-        request.add_header("Authorization", f"Bearer {endpoint['key']}")
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
-            body = json.loads(response.read(1 << 20))
-    except urllib.error.HTTPError as exc:
-        hint = " (the key in endpoint.json is refused)" if exc.code in (401, 403) else ""
-        return Check("llm", "FAIL", f"GET {url}: HTTP {exc.code} {exc.reason}{hint}")
-    except (OSError, ValueError) as exc:  # refused, timed out, unreachable, not JSON
-        reason = getattr(exc, "reason", exc)
-        return Check("llm", "FAIL", f"GET {url} (from {store.endpoint_path}): {reason}")
-    models = [str(m.get("id")) for m in body.get("data", []) if isinstance(m, dict)]
+        models = list_models(str(endpoint["base_url"]), str(endpoint.get("key") or ""),
+                             HTTP_TIMEOUT_S)
+    except ConnectionError as exc:
+        return Check("llm", "FAIL", f"{exc} (from {store.endpoint_path})")
     if not models:
         return Check("llm", "FAIL", f"GET {url}: the server lists no model")
     return Check("llm", "OK", f"{url} serves {', '.join(models)}")
@@ -250,15 +243,33 @@ def check_llama_cpp() -> Check:
     return Check("llama_cpp", "OK", f"{getattr(module, '__version__', '?')} importable")
 
 
-def run_checks(run: Path | None, state: Path) -> list[Check]:
-    """Every check, in order; a check that raises is a FAIL naming the exception."""
+def run_checks(run: Path | None, state: Path, cfg: Any = None,
+               only: Sequence[str] = ()) -> list[Check]:
+    """Every check (those named in `only`, when given), in order; the cluster checks use the
+    run config `cfg` (default: the embedded demo's). A check that raises is a FAIL naming the
+    exception."""
+    from evolve.cli.doctor_cluster import cluster_checks
+
+    if cfg is None:
+        from evolve.search.run_config import default_run_config
+
+        cfg = default_run_config()
     checks: list[tuple[str, Callable[[], Check]]] = [
         ("python", check_python), ("torch", check_torch), ("kernels", check_kernels),
+        *cluster_checks(cfg),
         ("slurm", check_slurm), ("sacct", check_sacct), ("llm", lambda: check_llm(run)),
         ("locks", lambda: check_locks(state)), ("data", check_data),
         ("olmo_eval", check_olmo_eval), ("llama_cpp", check_llama_cpp)]
+    unknown = set(only) - {name for name, _ in checks}
+    if unknown:
+        from evolve.config.loading import ConfigError
+
+        raise ConfigError(f"--only {','.join(sorted(unknown))}: no such check; valid: "
+                          f"{', '.join(name for name, _ in checks)}")
     results = []
     for name, fn in checks:
+        if only and name not in only:
+            continue
         try:
             results.append(fn())
         except Exception as exc:  # the doctor reports what is broken instead of crashing on it
@@ -269,17 +280,26 @@ def run_checks(run: Path | None, state: Path) -> list[Check]:
 def main_doctor(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="evolve doctor", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", help="a run folder: check its model server (llm/endpoint.json)")
+    parser.add_argument("--config", help="a run file: check this node against its preset "
+                        "(GPU, bf16, DeepSpeed, backend, corpus) and its launch section "
+                        "(default: the embedded demo, tiny on CPU)")
     parser.add_argument("--state", help="folder whose filesystem the lock check probes "
                         "(default: the run's folder with --run, else state/)")
+    parser.add_argument("--only", help="comma-separated names of the checks to run")
     parser.add_argument("--json", action="store_true", help="print JSON instead of lines")
     args = parser.parse_args(argv)
     run = Path(args.run) if args.run else None
     state = Path(args.state) if args.state else run if run is not None else Path("state")
-    results = run_checks(run, state)
+    cfg = None
+    if args.config:
+        from evolve.search.run_config import load_run_config
+
+        cfg = load_run_config(args.config)
+    results = run_checks(run, state, cfg, args.only.split(",") if args.only else ())
     ok = all(c.status != "FAIL" for c in results)
     if args.json:
         print(json.dumps({"ok": ok, "checks": [asdict(c) for c in results]}, indent=2))
     else:
         for c in results:
-            print(f"{c.status:<4}  {c.name:<9}  {c.detail}")
+            print(f"{c.status:<4}  {c.name:<11}  {c.detail}")
     return 0 if ok else 1

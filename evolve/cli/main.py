@@ -37,11 +37,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output folder (default: state/train/<mixer>-<preset>-s<seed>)")
     p.add_argument("--tracks", help="comma-separated subset of tracks to run, e.g. lm or mqar")
     p.add_argument("--json", action="store_true", help="print result.json instead of a table")
+    p.add_argument("--no-check", action="store_true",
+                   help="train without running the gates first (recorded in result.json)")
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run (or resume) a search")
     p.add_argument("config", nargs="?", help="run YAML (default: the embedded demo)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="train everything, even trainings the site's result cache already holds "
+                        "(ROOT/.result-cache: same mixer file, training config, seed, versions)")
     p.add_argument("--force", action="store_true",
                    help="resume even if the config differs from the run's frozen run.yaml")
 
@@ -49,7 +54,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 def _add_read(sub: argparse._SubParsersAction) -> None:
     for name, text in (("status", "progress of a run"), ("top", "leaderboard of a run")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("run", nargs="?", default="state/demo", help="run folder")
+        p.add_argument("run", nargs="?", help="run folder (default: the most recently "
+                       "active run under state/)")
         p.add_argument("--json", action="store_true")
         if name == "top":
             p.add_argument("-n", type=int, default=20, help="rows")
@@ -69,21 +75,6 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default=None, help="with --train: tiny, explore or verify")
 
 
-def _add_verify(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="re-train a candidate with more seeds or at a larger "
-                       "preset, and say whether it is better than the reference")
-    p.add_argument("run", help="run folder")
-    p.add_argument("id", help="candidate id, e.g. c000042")
-    p.add_argument("--seeds", type=int, default=3, help="seeds in all (default 3)")
-    p.add_argument("--preset", default=None,
-                   help="train at this preset instead of the run's (explore, verify)")
-    p.add_argument("--ablate", action="store_true",
-                   help="also revert each of its design choices to its nearest baseline, one "
-                        "at a time, with the same seeds (ablation.json; one per run)")
-    p.add_argument("--no-wait", action="store_true",
-                   help="only queue the request (a running driver picks it up)")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from evolve.train.presets import load_train_config
     from evolve.train.job import train_foreground
@@ -95,7 +86,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = cfg.only_tracks(args.tracks.split(","))
     name = Path(args.mixer).stem if args.mixer.endswith(".py") else args.mixer
     out = Path(args.out or f"state/train/{name}-{args.preset}-s{cfg.seed}")
-    result = train_foreground(args.mixer, cfg, out, preset=args.preset)
+    from evolve.gates.check import GateFailedError, check_before_training
+
+    try:
+        checks = check_before_training(args.mixer, (cfg.lm or cfg.mqar).model,
+                                       skip=args.no_check)
+    except GateFailedError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    result = train_foreground(args.mixer, cfg, out, preset=args.preset, checks=checks)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -115,6 +114,16 @@ def cmd_config(args: argparse.Namespace) -> int:
         from evolve.search.run_config import default_run_config, load_run_config
 
         cfg = load_run_config(args.file) if args.file else default_run_config()
+        from evolve.search.site_launch import site_notes
+
+        for note in site_notes(args.file):  # e.g. a run file's launch: hiding the site's
+            print(note, file=sys.stderr)
+        if args.action == "validate":  # a partition or account Slurm does not know, if it answers
+            from evolve.cli.doctor_cluster import check_slurm_names
+
+            names = check_slurm_names(cfg.launch)
+            if names.status == "FAIL":
+                raise ConfigError(f"{args.file}: {names.detail}")
     if args.action == "show":
         print(dump_yaml(cfg, comments=True), end="")
     else:
@@ -130,102 +139,37 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_run_config(args.config) if args.config else default_run_config()
     check_token_budget(cfg.train)  # before the run folder is touched or anything submitted
-    driver = Driver(cfg, force=args.force)
+    driver = Driver(cfg, force=args.force, reuse_results=not args.no_cache)
     code = driver.run()
+    if str(driver.stop_reason).startswith("submission refused"):
+        code = code or 1  # nothing could train: the job must end FAILED in sacct and mail
     print(f"evolve: {cfg.run_dir}: stopped ({driver.stop_reason})", file=sys.stderr)
     from evolve.views.board import print_top
     from evolve.views.report import write_report
 
     print_top(cfg.run_dir, limit=20)
-    page = write_report(cfg.run_dir, cfg.run_dir / "report")
+    from evolve.state.layout import RunLayout
+
+    page = write_report(cfg.run_dir, RunLayout(cfg.run_dir).report_dir)
     print(f"report: {page}")
     return code
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    import time
-
-    from evolve.search.run_config import run_config_from_dict
-    from evolve.search.driver import Driver
-    from evolve.state.journal import TRAINED
-    from evolve.state.fsio import atomic_write_json
-    from evolve.train.presets import PRESETS
-    from evolve.state.store import Store
-
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds={args.seeds} must be >= 1")
-    if args.preset is not None and args.preset not in PRESETS:
-        raise ConfigError(f"--preset={args.preset!r} is not valid; choose one of: "
-                          f"{', '.join(PRESETS)}")
-    store = Store.open(args.run)
-    state = store.replay()
-    cand = state.candidates.get(args.id)
-    if cand is None or cand.status not in TRAINED:
-        trained = [c.id for c in state.candidates.values() if c.status in TRAINED]
-        what = "is not in this run" if cand is None else f"is {cand.status}, not trained"
-        print(f"evolve verify: {args.id} {what}; trained candidates: "
-              f"{', '.join(trained[-10:]) or 'none yet'}", file=sys.stderr)
-        return 2
-    driver_running = store.driver_holder() is not None
-    driver = None
-    if not driver_running and not args.no_wait:
-        # Built before the request is queued: a run this driver refuses (e.g. a changed config)
-        # must not leave a request behind for a later driver to act on.
-        cfg = run_config_from_dict(store.config(), source=str(store.run_yaml))
-        cfg.root, cfg.name = str(store.root.parent), store.root.name
-        driver = Driver(cfg)
-    folder = store.root / "requests"
-    folder.mkdir(exist_ok=True)
-    request = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.id}.json"
-    atomic_write_json(request, {"candidate": args.id, "seeds": args.seeds,
-                                "preset": args.preset, "ablate": args.ablate})
-    if driver_running:
-        print(f"evolve verify: queued {request.name}; the running driver picks it up")
-        return 0
-    if driver is None:
-        print(f"evolve verify: queued {request.name}; `evolve run` on the run file trains it")
-        return 0
-    driver.run()
-    name = "confirmation.json" if args.preset is None else f"confirmation-{args.preset}.json"
-    from evolve.state.fsio import read_json
-
-    verdict = read_json(store.candidate(args.id).dir / name, None)
-    if verdict is not None and driver.stop_reason != "complete" \
-            and int(verdict.get("seeds") or 0) < args.seeds:
-        verdict = None  # an earlier request's verdict, on fewer seeds than asked for now
-    if verdict is None:
-        why = driver.stop_reason or "unknown"
-        if why.startswith("STOP file"):  # left by an earlier `touch RUN/STOP`
-            why = f"STOP file {store.root / 'STOP'}; remove it and run the same command again"
-        print(f"evolve verify: {args.id}: no verdict yet (the driver stopped early: {why})",
-              file=sys.stderr)
-        return 1
-    f = verdict.get("fitness") or {}
-    word = "better than" if verdict["better"] else ("worse than" if verdict["worse"] else
-                                                    "not distinguishable from")
-    print(f"{args.id}: {word} {verdict['reference']} over {verdict['seeds']} seeds "
-          f"(fitness {f.get('mean', float('nan')):+.4f} ± {f.get('ci95', float('nan')):.4f}, "
-          f"95% interval; {verdict['reference_seeds']} reference seeds)")
-    ablation = read_json(store.root / "ablation.json", None)
-    if args.ablate and ablation and ablation.get("table"):
-        for row in ablation["table"]:
-            c = row.get("contribution_fitness") or {}
-            print(f"  without its {row['field']} change: fitness "
-                  f"{(row.get('fitness') or {}).get('mean', float('nan')):+.4f}; the change "
-                  f"contributes {c.get('mean', float('nan')):+.4f} ± {c.get('ci95', float('nan')):.4f}")
-    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from evolve.views.board import print_status
 
-    return print_status(Path(args.run), as_json=args.json)
+    from evolve.cli.runs import default_run
+
+    return print_status(Path(args.run) if args.run else default_run(), as_json=args.json)
 
 
 def cmd_top(args: argparse.Namespace) -> int:
     from evolve.views.board import print_top
 
-    return print_top(Path(args.run), limit=args.n, as_json=args.json)
+    from evolve.cli.runs import default_run
+
+    return print_top(Path(args.run) if args.run else default_run(), limit=args.n,
+                     as_json=args.json)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -235,11 +179,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "status": cmd_status, "top": cmd_top, "show": cmd_show,
-            "train": cmd_train, "config": cmd_config, "verify": cmd_verify}
+            "train": cmd_train, "config": cmd_config}
 # Commands whose module parses its own arguments (argv after the command name).
 DELEGATED = {"check": ("evolve.gates.check", "main_check"), "report": ("evolve.views.report", "main_report"),
-             "doctor": ("evolve.cli.doctor", "main_doctor"),
+             "doctor": ("evolve.cli.doctor", "main_doctor"), "init": ("evolve.cli.init_run", "main_init"),
+             "verify": ("evolve.cli.verify", "main_verify"),
+             "fsck": ("evolve.cli.fsck", "main_fsck"), "stop": ("evolve.cli.stop", "main_stop"),
              "cognition": ("evolve.cli.cognition", "main_cognition"),
+             "import": ("evolve.cli.import_design", "main_import"),
              "llm": ("evolve.cli.main", "main_llm")}
 
 
@@ -263,7 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"see `evolve {name} --help`", add_help=False)
     _add_train(sub)
     _add_config(sub)
-    _add_verify(sub)
     return parser
 
 

@@ -113,6 +113,12 @@ def from_dict(
         sub = _dataclass_in(hints[key])
         if sub is not None and isinstance(value, dict):
             value = from_dict(sub, value, source=source, lines=lines, prefix=dotted)
+        elif sub is not None and value is not None and not isinstance(value, sub):
+            # e.g. `launch: slurm`: a section is a mapping, never a shorthand word
+            where = f"{source}:{lines[dotted]}" if dotted in lines else source
+            keys = ", ".join(f.name for f in dataclasses.fields(sub))
+            raise ConfigError(f"{where}: '{dotted}' is {value!r} ({type(value).__name__}); it "
+                              f"must be a mapping of {sub.__name__} keys ({keys})")
         elif isinstance(value, list) and typing.get_origin(hints[key]) is tuple:
             value = tuple(value)
         expected = _scalar_mismatch(value, hints[key])
@@ -180,14 +186,20 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte 0x{exc.object[exc.start]:02x} at offset "
+                          f"{exc.start} is not UTF-8); a config is a YAML file") from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if data is None:
-        return {}, {}
+        # An empty file is a mistake (a failed copy, the wrong file), not "all defaults": for a
+        # run file it would start the full demo search.
+        raise ConfigError(f"{path}: the file is empty; write `{{}}` in it to take every default")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: the top level must be a mapping of keys")
     lines: dict[str, int] = {}

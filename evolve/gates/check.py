@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evolve import EvolveError
 from evolve.model.config import ModelConfig
+from evolve.state.layout import CandidatePaths
 
 GATES = ("parse", "imports", "interface", "smoke", "causality", "cost", "params")
 """The gates run by `check_file`, in order."""
@@ -36,7 +38,6 @@ REQUIRES = {"parse": (), "imports": ("parse",), "interface": ("imports",),
             "params": ("interface",)}
 """The gates whose success each gate needs (used when the run goes on after a failure)."""
 DTYPES = ("float32", "bfloat16", "float16")
-CHECKS_FILE = "checks.json"
 
 DEFAULT_ALLOWED_IMPORTS = ("__future__", "torch", "torch.nn", "torch.nn.functional", "einops",
                            "math", "typing", "functools", "evolve.kernels", "evolve.kernels.*")
@@ -271,7 +272,7 @@ def write_report(report: CheckReport, folder: str | Path) -> Path:
     """Save `report` as folder/checks.json (temp file in the folder, fsync, rename)."""
     from evolve.state.fsio import atomic_write_json
 
-    target = Path(folder) / CHECKS_FILE
+    target = CandidatePaths.of(folder).checks
     atomic_write_json(target, report.to_dict())
     return target
 
@@ -280,14 +281,14 @@ def read_report(folder: str | Path) -> CheckReport | None:
     """The report saved in folder/checks.json, None when there is none."""
     from evolve.state.fsio import read_json
 
-    data = read_json(Path(folder) / CHECKS_FILE, default=None)
+    data = read_json(CandidatePaths.of(folder).checks, default=None)
     return None if data is None else CheckReport.from_dict(data)
 
 
 def check_candidate(folder: str | Path, cfg: CheckConfig | None = None, *,
                     model: ModelConfig | None = None) -> CheckReport:
     """Check folder/mixer.py and save the verdicts to folder/checks.json."""
-    report = check_file(Path(folder) / "mixer.py", cfg, model=model)
+    report = check_file(CandidatePaths.of(folder).mixer, cfg, model=model)
     write_report(report, folder)
     return report
 
@@ -333,6 +334,9 @@ def format_report(report: CheckReport) -> str:
             lines.append(f"\n[{v.gate}] {v.message}")
     if report.sandbox.get("incomplete"):
         lines.append(f"\n[sandbox] {report.sandbox['incomplete']}")
+    seccomp = str(report.sandbox.get("layers", {}).get("seccomp", ""))
+    if seccomp.startswith("off"):  # the other layers held, but the user should know
+        lines.append(f"\n[sandbox] the seccomp layer is {seccomp}")
     return "\n".join(lines)
 
 
@@ -386,6 +390,30 @@ def main_check(argv: list[str]) -> int:
     else:
         print(format_report(report))
     return 0 if report.passed else 1
+
+
+class GateFailedError(EvolveError):
+    """`evolve train` refused a mixer that fails a gate (exit status 1, as `evolve check`)."""
+
+
+def check_before_training(mixer: str, model: ModelConfig, *, skip: bool = False
+                          ) -> dict[str, Any]:
+    """The gates `evolve train` runs before training `mixer` (a file or a baseline name) in
+    `model`; returns what result.json records of them. Raises GateFailedError naming the
+    failed gate, unless `skip` (`--no-check`), which is recorded instead."""
+    from evolve.model.contract import BASELINE_NAMES
+
+    if skip:
+        return {"skipped": True, "reason": "--no-check"}
+    if mixer in BASELINE_NAMES:
+        return {"passed": True, "gates": "baseline"}
+    report = check_file(mixer, model=model)
+    if not report.passed:
+        raise GateFailedError(format_report(report) + "\n\nevolve train: the mixer fails the "
+                              f"{report.failed_gate} gate; not trained (--no-check trains it "
+                              "anyway, recorded in result.json)")
+    return {"passed": True, "failed_gate": None,
+            "gates": [v.gate for v in report.verdicts]}
 
 
 if __name__ == "__main__":

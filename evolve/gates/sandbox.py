@@ -300,8 +300,9 @@ def _isolate(cfg: CheckConfig) -> dict[str, Any]:
     """Everything after torch is imported and before the candidate runs."""
     import resource
 
-    from evolve.gates.seccomp import install_filter
+    from evolve.gates.seccomp import install_filter, preload
 
+    preload()  # before the privilege drop: the library is found by reading files as root
     address_space = _address_space()
     limit = address_space + cfg.memory_limit_mb * 2**20
     _set_limit(resource.RLIMIT_AS, limit)

@@ -1,146 +1,138 @@
-"""A seccomp-BPF filter that stops a process from creating processes, opening sockets or
-changing the filesystem, built with ctypes (the standard library has no seccomp module).
+"""A seccomp filter that stops a process from creating processes, opening sockets or changing
+the filesystem, built by libseccomp (through `pyseccomp`) for the machine it runs on.
 
-    status = install_filter()     # "on (x86_64, 58 syscalls filtered)" or "off: <why>"
+    status = install_filter()     # "on (x86_64 via libseccomp, 77 syscalls filtered)" or "off: ..."
+    status = probe()              # the same policy built (not loaded): what `evolve doctor` says
 
 Installed by the sandboxed gate child after torch is imported and before the candidate's code
-runs; it holds for every thread of the process (SECCOMP_FILTER_FLAG_TSYNC) and for root too.
-Blocked calls fail with EPERM (ENOSYS for clone3, so that glibc falls back to clone, whose
-flags a filter can read: threads are allowed, new processes are not). Only x86_64 is
-supported: syscall numbers differ per architecture and an untested table would be a guess.
+runs; it holds for every thread of the process (TSYNC) and for root too. Blocked calls fail
+with EPERM (ENOSYS for clone3 and openat2, so that glibc falls back to clone and openat, whose
+arguments a filter can read: threads are allowed, new processes are not). The policy names
+syscalls; libseccomp maps them to this architecture's numbers (a name the architecture lacks,
+such as `fork` on aarch64, is skipped by libseccomp) and kills the process on a syscall of a
+foreign ABI (32-bit or x32 on x86_64). Two facts are read from the host rather than named:
+the open flags (Python's os.O_*), and clone's flags being its first argument, as on x86_64 and
+aarch64 (s390 swaps the first two: a filter there would need that one exception). Where
+libseccomp cannot be loaded the layer is off and the status says so and how to fix it; the
+other sandbox layers still hold.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import platform
-import struct
+from typing import Any
 
-AUDIT_ARCH_X86_64 = 0xC000003E
-X32_SYSCALL_BIT = 0x40000000
+# Refused outright (EPERM). Names, not numbers: libseccomp owns the per-architecture tables.
+DENY = (
+    "creat", "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat",
+    "renameat2", "link", "linkat", "symlink", "symlinkat", "chmod", "fchmod", "fchmodat",
+    "fchmodat2", "chown", "fchown", "lchown", "fchownat", "truncate", "ftruncate", "mknod",
+    "mknodat", "utime", "utimes", "utimensat", "futimesat", "setxattr", "lsetxattr",
+    "fsetxattr", "removexattr", "lremovexattr", "fremovexattr", "mount", "umount2",
+    "pivot_root", "chroot", "swapon", "swapoff", "fork", "vfork", "execve", "execveat",
+    "socket", "socketpair", "ptrace", "process_vm_readv", "process_vm_writev",
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "name_to_handle_at",
+    "open_by_handle_at", "tkill", "bpf", "perf_event_open", "userfaultfd", "kexec_load",
+    "init_module", "finit_module", "delete_module", "keyctl", "add_key", "request_key",
+    "setns", "unshare", "acct", "reboot",
+)
+# Answered ENOSYS: the C library then falls back to a call whose arguments the filter reads.
+FALL_BACK = ("clone3", "openat2")
+# open/openat flags that create, truncate or allow writing, as this platform defines them;
+# O_TMPFILE without the O_DIRECTORY bit it includes.
+WRITE_FLAGS = (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC,
+               getattr(os, "O_TMPFILE", 0) & ~os.O_DIRECTORY)
 CLONE_THREAD = 0x00010000
-# open/openat flags that create, truncate or allow writing; O_TMPFILE's own bit included.
-WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000 | 0o20000000
-
-# x86_64 numbers (arch/x86/entry/syscalls/syscall_64.tbl).
-DENY_X86_64 = {
-    "creat": 85, "mkdir": 83, "mkdirat": 258, "rmdir": 84, "unlink": 87, "unlinkat": 263,
-    "rename": 82, "renameat": 264, "renameat2": 316, "link": 86, "linkat": 265, "symlink": 88,
-    "symlinkat": 266, "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452,
-    "chown": 92, "fchown": 93, "lchown": 94, "fchownat": 260, "truncate": 76, "ftruncate": 77,
-    "mknod": 133, "mknodat": 259, "utime": 132, "utimes": 235, "utimensat": 280,
-    "futimesat": 261, "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "removexattr": 197,
-    "lremovexattr": 198, "fremovexattr": 199, "mount": 165, "umount2": 166, "pivot_root": 155,
-    "chroot": 161, "swapon": 167, "swapoff": 168, "fork": 57, "vfork": 58, "execve": 59,
-    "execveat": 322, "socket": 41, "socketpair": 53, "ptrace": 101, "process_vm_readv": 310,
-    "process_vm_writev": 311, "io_uring_setup": 425, "io_uring_enter": 426,
-    "io_uring_register": 427, "name_to_handle_at": 303, "open_by_handle_at": 304, "tkill": 200,
-    "bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "kexec_load": 246,
-    "init_module": 175, "finit_module": 313, "delete_module": 176, "keyctl": 250,
-    "add_key": 248, "request_key": 249, "setns": 308, "unshare": 272, "acct": 163,
-    "reboot": 169,
-}
-NR_OPEN, NR_OPENAT, NR_OPENAT2, NR_CLONE, NR_CLONE3 = 2, 257, 437, 56, 435
-NR_KILL, NR_TGKILL = 62, 234
-
-BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_JSET_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
-RET_ALLOW, RET_ERRNO, RET_KILL_PROCESS = 0x7FFF0000, 0x00050000, 0x80000000
-OFF_NR, OFF_ARCH = 0, 4
+FIX = ("install the system's libseccomp (Debian/Ubuntu: apt-get install libseccomp2; "
+       "RHEL/Rocky: dnf install libseccomp) and the Python package pyseccomp")
 
 
-def _arg(i: int) -> int:
-    """Offset of the low 32 bits of syscall argument i in struct seccomp_data (little endian)."""
-    return 16 + 8 * i
+_load_error: str | None = None
+"""Why pyseccomp could not be imported the first time (a later try can fail differently)."""
 
 
-class _Program:
-    """A BPF program with symbolic forward jumps, resolved when assembled."""
-
-    def __init__(self) -> None:
-        self.code: list[tuple[int, str | int, str | int, int]] = []
-        self.labels: dict[str, int] = {}
-
-    def op(self, code: int, k: int, jt: str | int = 0, jf: str | int = 0) -> None:
-        self.code.append((code, jt, jf, k))
-
-    def label(self, name: str) -> None:
-        self.labels[name] = len(self.code)
-
-    def assemble(self) -> bytes:
-        out = bytearray()
-        for pc, (code, jt, jf, k) in enumerate(self.code):
-            offs = []
-            for target in (jt, jf):
-                off = self.labels[target] - pc - 1 if isinstance(target, str) else target
-                if not 0 <= off <= 255:
-                    raise AssertionError(f"BPF jump out of range at {pc}: {off}")
-                offs.append(off)
-            out += struct.pack("HBBI", code, offs[0], offs[1], k & 0xFFFFFFFF)
-        return bytes(out)
+def preload() -> None:
+    """Import pyseccomp now: its import runs ldconfig to find libseccomp and reads files, which
+    the sandbox child can do only before it drops privileges; a failure is kept for the status."""
+    global _load_error
+    try:
+        _library()
+    except (ImportError, OSError, RuntimeError) as exc:
+        _load_error = f"{type(exc).__name__}: {exc}"
 
 
-def build_program(pid: int) -> bytes:
-    """The filter for x86_64; `pid` is the only process kill/tgkill may signal."""
-    p = _Program()
-    p.op(BPF_LD_W_ABS, OFF_ARCH)
-    p.op(BPF_JEQ_K, AUDIT_ARCH_X86_64, 1, 0)
-    p.op(BPF_RET_K, RET_KILL_PROCESS)  # a 32-bit or foreign-ABI syscall: nothing legitimate
-    p.op(BPF_LD_W_ABS, OFF_NR)
-    p.op(BPF_JGE_K, X32_SYSCALL_BIT, "deny", 0)
-    p.op(BPF_JEQ_K, NR_OPEN, "open", 0)
-    p.op(BPF_JEQ_K, NR_OPENAT, "openat", 0)
-    p.op(BPF_JEQ_K, NR_CLONE, "clone", 0)
-    p.op(BPF_JEQ_K, NR_KILL, "signal", 0)
-    p.op(BPF_JEQ_K, NR_TGKILL, "signal", 0)
-    p.op(BPF_JEQ_K, NR_CLONE3, "enosys", 0)
-    p.op(BPF_JEQ_K, NR_OPENAT2, "enosys", 0)
-    for nr in sorted(set(DENY_X86_64.values())):
-        p.op(BPF_JEQ_K, nr, "deny", 0)
-    p.op(BPF_RET_K, RET_ALLOW)
-    p.label("open")
-    p.op(BPF_LD_W_ABS, _arg(1))
-    p.op(BPF_JSET_K, WRITE_FLAGS, "deny", "allow")
-    p.label("openat")
-    p.op(BPF_LD_W_ABS, _arg(2))
-    p.op(BPF_JSET_K, WRITE_FLAGS, "deny", "allow")
-    p.label("clone")
-    p.op(BPF_LD_W_ABS, _arg(0))
-    p.op(BPF_JSET_K, CLONE_THREAD, "allow", "deny")
-    p.label("signal")  # kill(pid, sig) and tgkill(tgid, tid, sig): only this process
-    p.op(BPF_LD_W_ABS, _arg(0))
-    p.op(BPF_JEQ_K, pid, "allow", "deny")
-    p.label("allow")
-    p.op(BPF_RET_K, RET_ALLOW)
-    p.label("deny")
-    p.op(BPF_RET_K, RET_ERRNO | errno.EPERM)
-    p.label("enosys")
-    p.op(BPF_RET_K, RET_ERRNO | errno.ENOSYS)
-    return p.assemble()
+def _library() -> Any:
+    """The pyseccomp module; raises ImportError/OSError/RuntimeError when libseccomp is absent."""
+    if _load_error is not None:
+        raise ImportError(_load_error)
+    import pyseccomp  # loads libseccomp.so at import time
+
+    return pyseccomp
+
+
+def build_filter(pid: int, arch: int | None = None) -> tuple[Any, list[str], list[str]]:
+    """The policy as a pyseccomp.SyscallFilter (not loaded), the names it filters and the
+    names this libseccomp does not know. `arch` builds it for another architecture (a
+    pyseccomp.Arch value) instead of this one, to inspect with export_pfc."""
+    sc = _library()
+    target = sc.Arch.NATIVE if arch is None else arch
+    filt = sc.SyscallFilter(sc.ALLOW)
+    if arch is not None:
+        filt.add_arch(arch)
+        filt.remove_arch(sc.Arch.NATIVE)
+    filt.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)  # nothing legitimate uses another ABI
+    filt.set_attr(sc.Attr.CTL_TSYNC, 1)
+    filtered: set[str] = set()
+    unknown: set[str] = set()
+
+    def rule(action: int, name: str, *args: Any) -> None:
+        number = sc.resolve_syscall(target, name)
+        if number == -1:  # __NR_SCMP_ERROR: a libseccomp older than the syscall
+            unknown.add(name)
+        elif number >= 0:  # negative: a syscall this architecture does not have
+            filt.add_rule(action, name, *args)
+            filtered.add(name)
+
+    eperm = sc.ERRNO(errno.EPERM)
+    for name in DENY:
+        rule(eperm, name)
+    for name in FALL_BACK:
+        rule(sc.ERRNO(errno.ENOSYS), name)
+    for name, flags_arg in (("open", 1), ("openat", 2)):
+        for bit in (b for b in WRITE_FLAGS if b):
+            rule(eperm, name, sc.Arg(flags_arg, sc.MASKED_EQ, bit, bit))
+    rule(eperm, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))  # a process, not a thread
+    for name in ("kill", "tgkill"):  # kill(pid, sig), tgkill(tgid, tid, sig): only this process
+        rule(eperm, name, sc.Arg(0, sc.NE, pid))
+    return filt, sorted(filtered), sorted(unknown)
+
+
+def _build_here() -> tuple[Any, str]:
+    """This process's filter and its status line, or None and an "off: ..." line."""
+    try:
+        filt, filtered, unknown = build_filter(os.getpid())
+    except (ImportError, OSError, RuntimeError) as exc:
+        why = _load_error or f"{type(exc).__name__}: {exc}"
+        return None, f"off: libseccomp cannot be loaded ({why}); {FIX}"
+    status = f"on ({platform.machine()} via libseccomp, {len(filtered)} syscalls filtered"
+    return filt, status + (f"; unknown to this libseccomp: {', '.join(unknown)})"
+                           if unknown else ")")
+
+
+def probe() -> str:
+    """What install_filter would report, without loading anything into this process."""
+    return _build_here()[1]
 
 
 def install_filter() -> str:
     """Install the filter on every thread of this process; returns a status line."""
-    machine = platform.machine()
-    if machine != "x86_64":
-        return f"off: seccomp filter supports x86_64 only, this is {machine}"
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    libc.prctl.restype = ctypes.c_int
-    code = build_program(os.getpid())
-    buf = ctypes.create_string_buffer(code, len(code))
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    prog = SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    pr_set_no_new_privs = 38
-    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0:
-        return f"off: prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}"
-    nr_seccomp, set_mode_filter, flag_tsync = 317, 1, 1
-    rc = libc.syscall(nr_seccomp, set_mode_filter, flag_tsync, ctypes.byref(prog))
-    if rc != 0:
-        return f"off: seccomp(SET_MODE_FILTER, TSYNC) failed: rc={rc}, " \
-               f"{os.strerror(ctypes.get_errno())}"
-    return f"on (x86_64, {len(DENY_X86_64) + 6} syscalls filtered)"
+    filt, status = _build_here()
+    if filt is None:
+        return status
+    try:
+        filt.load()  # sets no_new_privs first (libseccomp's default)
+    except OSError as exc:
+        return f"off: seccomp_load failed: {exc}"
+    return status

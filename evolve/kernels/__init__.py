@@ -29,8 +29,11 @@ from .dispatch import (
     ENV_VAR,
     available_backends,
     delta_rule,
+    gated_delta_product,
     gated_delta_rule,
+    generalized_delta_rule,
     gla,
+    kda,
     linear_attn,
     short_conv,
 )
@@ -41,8 +44,11 @@ __all__ = [
     "ENV_VAR",
     "available_backends",
     "delta_rule",
+    "gated_delta_product",
     "gated_delta_rule",
+    "generalized_delta_rule",
     "gla",
+    "kda",
     "linear_attn",
     "short_conv",
 ]

@@ -21,8 +21,14 @@ from .delta_rule.chunk import chunk_delta_rule
 from .delta_rule.naive import naive_delta_rule
 from .gated_delta_rule.chunk import chunk_gated_delta_rule
 from .gated_delta_rule.naive import naive_gated_delta_rule
+from .gated_delta_product.chunk import chunk_gated_delta_product
+from .gated_delta_product.naive import naive_gated_delta_product
+from .generalized_delta_rule.chunk import chunk_generalized_delta_rule
+from .generalized_delta_rule.naive import naive_generalized_delta_rule
 from .gla.chunk import chunk_gla
 from .gla.naive import naive_gla
+from .kda.chunk import chunk_kda
+from .kda.naive import naive_kda
 from .linear_attn.chunk import chunk_linear_attn
 from .linear_attn.naive import naive_linear_attn
 from .short_conv.chunk import chunk_short_conv
@@ -30,7 +36,8 @@ from .short_conv.naive import check_activation, naive_short_conv
 
 ENV_VAR = "EVOLVE_KERNEL_BACKEND"
 BACKENDS = ("naive", "chunk", "fla")
-OPS = ("linear_attn", "delta_rule", "gated_delta_rule", "gla", "short_conv")
+OPS = ("linear_attn", "delta_rule", "gated_delta_rule", "gla", "short_conv", "kda",
+       "gated_delta_product", "generalized_delta_rule")
 """The public kernel functions of this module, one per op folder of kernels/."""
 
 # None: not tried yet; "": fla imported; otherwise the import error, shown when fla is forced
@@ -229,6 +236,76 @@ def gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False):
     impl = {"naive": naive_gla, "chunk": chunk_gla, "fla": fla_ops.gla}
     return impl[select_backend("gla", q, v)](
         q, k, v, g, scale=scale, initial_state=initial_state, output_final_state=output_final_state
+    )
+
+
+def kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False):
+    """Kimi Delta Attention: the gated delta rule with a decay per key channel,
+    S' = diag(exp(g_t)) S_{t-1}; u_t = beta_t (v_t - S'^T k_t); S_t = S' + k_t u_t^T.
+
+    q, k: [B, T, H, K] (k L2-normalised by the caller); v: [B, T, H, V];
+    g: [B, T, H, K] log-decay (<= 0); beta: [B, T, H].
+    Returns (o [B, T, H, V] in v's dtype, final state [B, H, K, V] float32 or None).
+    """
+    _check_qkv("kda", q, k, v)
+    _check_shape("kda", "g", g, tuple(q.shape), "[B, T, H, K]")
+    _check_shape("kda", "beta", beta, tuple(q.shape[:3]), "[B, T, H]")
+    _check_state("kda", initial_state, q, v)
+    impl = {"naive": naive_kda, "chunk": chunk_kda, "fla": fla_ops.kda}
+    return impl[select_backend("kda", q, v)](
+        q, k, v, g, beta, scale=scale, initial_state=initial_state,
+        output_final_state=output_final_state,
+    )
+
+
+def gated_delta_product(q, k, v, g, beta, num_householder=2, scale=None, initial_state=None,
+                        output_final_state=False):
+    """Gated DeltaProduct: per token, the decay exp(g_t), then `num_householder` delta-rule
+    steps (Householder-like transitions I - beta k k^T), then the read-out o_t = S_t^T q_t.
+
+    q: [B, T, H, K]; k: [B, T * n, H, K] (L2-normalised; step j of token t at t * n + j);
+    v: [B, T * n, H, V]; beta: [B, T * n, H] (in (0, 2) for negative eigenvalues);
+    g: [B, T, H] log-decay (<= 0) or None (no decay).
+    Returns (o [B, T, H, V] in v's dtype, final state [B, H, K, V] float32 or None).
+    """
+    n = num_householder
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"gated_delta_product: num_householder={n!r} must be an integer >= 1")
+    B, T, H, K = q.shape if q.dim() == 4 else (None,) * 4
+    steps = (B, None if T is None else T * n, H)
+    _check_shape("gated_delta_product", "k", k, (*steps, K), f"[B, T * {n}, H, K]")
+    if v.dim() != 4 or tuple(v.shape[:3]) != steps:
+        raise ValueError(f"gated_delta_product: v must be [B, T * {n}, H, V] = {steps} + (V,); "
+                         f"got {tuple(v.shape)}")
+    _check_shape("gated_delta_product", "beta", beta, steps, f"[B, T * {n}, H]")
+    _check_shape("gated_delta_product", "g", g, tuple(q.shape[:3]), "[B, T, H]")
+    _check_state("gated_delta_product", initial_state, q, v)
+    impl = {"naive": naive_gated_delta_product, "chunk": chunk_gated_delta_product,
+            "fla": fla_ops.gated_delta_product}
+    return impl[select_backend("gated_delta_product", q, v)](
+        q, k, v, g, beta, num_householder=n, scale=scale, initial_state=initial_state,
+        output_final_state=output_final_state,
+    )
+
+
+def generalized_delta_rule(q, k, v, a, b, gk, scale=None, initial_state=None,
+                           output_final_state=False):
+    """The generalized delta rule (a diagonal-plus-low-rank transition, RWKV-7):
+    S_t = diag(exp(gk_t)) S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T; o_t = scale * S_t^T q_t.
+
+    q, k, a, b: [B, T, H, K]; v: [B, T, H, V]; gk: [B, T, H, K] log-decay (<= 0).
+    RWKV-7: a = -kk (unit removal key), b = kk * iclr (in-context learning rate in (0, 1)).
+    Returns (o [B, T, H, V] in v's dtype, final state [B, H, K, V] float32 or None).
+    """
+    _check_qkv("generalized_delta_rule", q, k, v)
+    for name, x in (("a", a), ("b", b), ("gk", gk)):
+        _check_shape("generalized_delta_rule", name, x, tuple(q.shape), "[B, T, H, K]")
+    _check_state("generalized_delta_rule", initial_state, q, v)
+    impl = {"naive": naive_generalized_delta_rule, "chunk": chunk_generalized_delta_rule,
+            "fla": fla_ops.generalized_delta_rule}
+    return impl[select_backend("generalized_delta_rule", q, v)](
+        q, k, v, a, b, gk, scale=scale, initial_state=initial_state,
+        output_final_state=output_final_state,
     )
 
 

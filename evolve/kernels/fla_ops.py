@@ -9,6 +9,10 @@ Conventions mapped here (checked against fla 0.6.0):
   cast back; every fla kernel wants q, k and v in one dtype.
 - `chunk_gated_delta_rule` takes g as log-decay, as we do; `chunk_gla` asserts a float32
   initial state. Decays are passed in float32, since fla accumulates them in float32 anyway.
+- `chunk_kda` takes g as a per-channel log-decay [B, T, H, K] like ours (its in-kernel gate and
+  l2norm stay off); `chunk_dplr_delta_rule` is our generalized delta rule with the same
+  (q, k, v, a, b, gk) order; `chunk_gated_delta_product` takes num_householder after beta and
+  refuses float32 inputs, so float32 calls run in bfloat16 as for the delta rule.
 - `causal_conv1d` keeps a [B, D, W] cache of the last W inputs; ours is [B, D, W - 1] (the
   oldest entry of fla's cache never meets the kernel), so ours is zero-padded on the left going
   in and the oldest entry is dropped coming out.
@@ -28,7 +32,8 @@ def unsupported(op: str, q: torch.Tensor, v: torch.Tensor, needs_grad: bool) -> 
     if op == "gla" and min(K, V) < 16:
         # chunk_gla's backward multiplies [*, V] tiles with tl.dot, which needs sizes >= 16
         return f"fla's chunk_gla backward needs K and V >= 16 (got K={K}, V={V})"
-    if op == "gated_delta_rule" and needs_grad:
+    if op in ("gated_delta_rule", "gated_delta_product") and needs_grad:
+        # gated_delta_product's backward is the gated delta rule's (fla imports it from there)
         from fla import utils
 
         if (
@@ -102,6 +107,45 @@ def gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False):
     q, k, v = _same_dtype(q.dtype, q, k, v)
     o, S = chunk_gla(
         q, k, v, g.float(), scale=scale, initial_state=_state_in(initial_state),
+        output_final_state=output_final_state,
+    )
+    return o.to(dtype), _state_out(S)
+
+
+def kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False):
+    from fla.ops.kda import chunk_kda
+
+    dtype = v.dtype
+    q, k, v, beta = _same_dtype(q.dtype, q, k, v, beta)
+    o, S = chunk_kda(
+        q, k, v, g.float(), beta, scale=scale, initial_state=_state_in(initial_state),
+        output_final_state=output_final_state,
+    )
+    return o.to(dtype), _state_out(S)
+
+
+def gated_delta_product(q, k, v, g, beta, num_householder=2, scale=None, initial_state=None,
+                        output_final_state=False):
+    from fla.ops.gated_delta_product import chunk_gated_delta_product
+
+    dtype = v.dtype
+    compute = torch.bfloat16 if q.dtype == torch.float32 else q.dtype
+    q, k, v, beta = _same_dtype(compute, q, k, v, beta)
+    o, S = chunk_gated_delta_product(
+        q, k, v, None if g is None else g.float(), beta, num_householder, scale=scale,
+        initial_state=_state_in(initial_state), output_final_state=output_final_state,
+    )
+    return o.to(dtype), _state_out(S)
+
+
+def generalized_delta_rule(q, k, v, a, b, gk, scale=None, initial_state=None,
+                           output_final_state=False):
+    from fla.ops.generalized_delta_rule import chunk_dplr_delta_rule
+
+    dtype = v.dtype
+    q, k, v, a, b = _same_dtype(q.dtype, q, k, v, a, b)
+    o, S = chunk_dplr_delta_rule(
+        q, k, v, a, b, gk.float(), scale=scale, initial_state=_state_in(initial_state),
         output_final_state=output_final_state,
     )
     return o.to(dtype), _state_out(S)

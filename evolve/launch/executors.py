@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ from evolve.state.locks import LockTimeoutError, RunLock
 from evolve.state.store import StateError
 
 EXECUTORS = ("debug", "local", "slurm")
+STOPPED_MARK = "evolve: training stopped by"
+"""How a local training stopped by SIGTERM (`evolve stop --jobs`) ends its log: the launcher
+reads it to record the training lost (resubmitted, it resumes from its checkpoint), not failed."""
+STOPPED_EXIT = 128 + signal.SIGTERM
 
 
 class LaunchError(StateError):
@@ -197,6 +202,10 @@ class SlotLimited(submitit.helpers.Checkpointable):
         """Slot i owns GPUs i*g .. i*g+g-1, so concurrent local trainings never share one."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # submitit's local tasks ignore SIGTERM ("Bypassing signal SIGTERM"), so a stopped run
+        # left trainings behind that only kill -9 ended. Here SIGTERM ends the training; the
+        # training's DeferredSignals first saves its checkpoint at a step boundary.
+        signal.signal(signal.SIGTERM, stop_on_signal)
         if int(os.environ.get("SUBMITIT_LOCAL_GLOBALID", "0")) != 0:
             # The other ranks of a multi-process training: rank 0 holds the training's slot,
             # and they wait for it in the process group's rendezvous.
@@ -259,6 +268,14 @@ class SlotLimited(submitit.helpers.Checkpointable):
         wrapped = SlotLimited(resumed.function, self.slots_dir, self.num_slots, self.lock_kind,
                               self.gpus_per_slot)
         return DelayedSubmission(wrapped, *resumed.args, **resumed.kwargs)
+
+
+def stop_on_signal(signum: int, frame: Any = None) -> None:
+    """End a local training (its checkpoint saved by then) without a result: submitit writes
+    no result for SystemExit, and the log's last line tells the launcher why it ended."""
+    print(f"{STOPPED_MARK} {signal.Signals(signum).name}; its checkpoint is kept, and a "
+          "resumed run continues it", file=sys.stderr, flush=True)
+    raise SystemExit(STOPPED_EXIT)
 
 
 def make_executor(cfg: LaunchConfig, folder: Path, job_name: str) -> submitit.Executor:

@@ -186,18 +186,7 @@ def local_job_info(job_id: str, folder: str | os.PathLike[str]) -> JobInfo:
 
 def local_task_pids(controller_pid: int) -> list[int]:
     """Pids of the direct children of a process."""
-    children = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 1 and fields[1] == str(controller_pid):
-            children.append(int(entry))
-    return children
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and _parent(int(e)) == controller_pid]
 
 
 def local_task_processes(controller_pid: int) -> list[int]:
@@ -208,6 +197,44 @@ def local_task_processes(controller_pid: int) -> list[int]:
         out.extend(p for p in children if "submitit.core._submit" in _cmdline(p))
         todo.extend(children)
     return out
+
+
+@dataclass(frozen=True)
+class LocalProcess:
+    """A live process of one run's local trainings."""
+
+    pid: int
+    role: str
+    """controller (submitit's, one per job; its pid is the job id) or training (a task)."""
+    submission: str
+    """The submission folder's name (jobs/<submission>)."""
+    parent: int
+
+
+def run_processes(jobs_dir: str | os.PathLike[str]) -> list[LocalProcess]:
+    """Every live local controller and training of the run whose submissions live under
+    `jobs_dir`, by its command line (submitit names the submission folder in it)."""
+    root = str(Path(jobs_dir).absolute()) + os.sep
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        cmd = _cmdline(int(entry)).split()
+        for module, role in (("submitit.local._local", "controller"),
+                             ("submitit.core._submit", "training")):
+            if module in cmd and cmd.index(module) + 1 < len(cmd) \
+                    and cmd[cmd.index(module) + 1].startswith(root):
+                folder = cmd[cmd.index(module) + 1][len(root):].split(os.sep)[0]
+                found.append(LocalProcess(int(entry), role, folder, _parent(int(entry))))
+    return sorted(found, key=lambda p: p.pid)
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 @dataclass(frozen=True)

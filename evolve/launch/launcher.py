@@ -36,8 +36,8 @@ from typing import Any, Callable, Sequence
 import submitit
 from submitit.core.utils import DelayedSubmission
 
-from evolve.launch.executors import (EXECUTORS, LaunchConfig, LaunchError, SlotLimited, SubmissionError,
-                              make_executor, sbatch_script, slurm_parameters)
+from evolve.launch.executors import (EXECUTORS, STOPPED_MARK, LaunchConfig, LaunchError, SlotLimited,
+                              SubmissionError, make_executor, sbatch_script, slurm_parameters)
 from evolve.state.journal import ACTIVE_STATUSES, Submission
 from evolve.launch.job_state import (JobFiles, JobInfo, array_master, local_job_info, local_task_processes,
                               read_outcome, slurm_job_infos, tail)
@@ -89,17 +89,30 @@ class Launcher:
 
     # Submitting.
     def submit(self, candidates: Sequence[str], fn: Callable[[str, dict[str, Any]], Any],
-               train_cfg: dict[str, Any], *, generation: int | None = None) -> dict[str, str]:
+               train_cfg: dict[str, Any], *, generation: int | None = None,
+               max_alive: int | None = None, launch: LaunchConfig | None = None
+               ) -> dict[str, str]:
         """Submit one job array training `candidates`; returns {candidate: job id}.
+
+        With `max_alive` (the driver passes search.max_in_flight), only as many are submitted
+        as keep this launcher's live jobs within it, and with the local executor within its
+        free slots too (array_parallelism less the local jobs alive): each local task is a
+        process from submission on, waiting or training, so a larger array would hold more
+        trainings alive than the run allows. Those left over are not in the returned dict and
+        stay submittable; submit them again when a job has ended.
+
+        `launch` replaces the launcher's settings for this submission (promoted trainings
+        at a GPU preset from a CPU run: search.promote.launch).
 
         Raises StateError if a candidate has a live job (or is finished), and SubmissionError if
         the scheduler refuses; the refusal is journaled and the candidates stay submittable.
         """
         cands = list(candidates)
-        if not cands:
-            return {}
+        cfg = launch or self.cfg
         if len(set(cands)) != len(cands):
             raise ValueError(f"candidates listed twice in one submission: {cands}")
+        if not cands:
+            return {}
         state = self.store.replay()
         for cid in cands:
             st = state.candidates.get(cid)
@@ -109,35 +122,48 @@ class Launcher:
                 raise StateError(
                     f"{cid} is {st.status} (job {st.job_id}); only candidates that are "
                     f"{', '.join(SUBMITTABLE_STATUSES)} may be submitted, so no training runs twice")
+        if max_alive is not None:
+            cands = cands[:self._room(max_alive)]
+            if not cands:
+                return {}
         name = f"s{len(state.submissions):06d}"
         folder = self.store.job_folder(name)
-        job_name = f"{self.cfg.job_name}-{self.store.name}-{self.store.uid}-{name}"
+        job_name = f"{cfg.job_name}-{self.store.name}-{self.store.uid}-{name}"
         for cid in cands:
             self._archive_error(cid, state.candidates[cid].attempts)
-        self.store.record("submit_begin", submission=name, executor=self.cfg.executor,
+        self.store.record("submit_begin", submission=name, executor=cfg.executor,
                           folder=self._rel(folder), candidates=cands, generation=generation,
                           job_name=job_name)
         dirs = [str(self.store.candidate(c).dir) for c in cands]
         try:
-            executor = make_executor(self.cfg, folder, job_name)
+            executor = make_executor(cfg, folder, job_name)
             call: Callable[..., Any] = fn
-            if self.cfg.executor == "local":
+            if cfg.executor == "local":
                 call = SlotLimited(fn, str(self.store.locks_dir / "slots"),
-                                   self.cfg.array_parallelism, self.store.cfg.lock,
-                                   gpus_per_slot=self.cfg.gpus_per_task)
+                                   cfg.array_parallelism, self.store.cfg.lock,
+                                   gpus_per_slot=cfg.gpus_per_task)
             jobs = executor.map_array(call, dirs, [train_cfg] * len(cands))
         except Exception as exc:
             message = _submission_error_text(exc)
             # Some tasks may have started (a local executor starts them one by one).
             self._recover(self.store.replay().submissions[name], reason=message)
             raise SubmissionError(
-                f"submitting {len(cands)} training(s) as {name} with the {self.cfg.executor} "
+                f"submitting {len(cands)} training(s) as {name} with the {cfg.executor} "
                 f"executor failed: {message}") from None
         attempts = {c: state.candidates[c].attempts + 1 for c in cands}
         for cid, job in zip(cands, jobs):
             self._jobs[cid] = job
-            self._record_submitted(cid, name, self.cfg.executor, job.job_id, folder, attempts[cid])
+            self._record_submitted(cid, name, cfg.executor, job.job_id, folder, attempts[cid])
         return {cid: self._handles[cid].job_id for cid in cands}
+
+    def _room(self, max_alive: int) -> int:
+        """How many more jobs may start now: within `max_alive` live jobs and, locally, within
+        the free slots."""
+        room = max_alive - len(self._handles)
+        if self.cfg.executor == "local":
+            alive = sum(h.executor == "local" for h in self._handles.values())
+            room = min(room, self.cfg.array_parallelism - alive)
+        return max(0, room)
 
     def _record_submitted(self, cid: str, submission: str, executor: str, job_id: str,
                           folder: Path, attempt: int, *, recovered: bool = False) -> None:
@@ -281,6 +307,11 @@ class Launcher:
                     f"the scheduler has no record of job {h.job_id} ({now - h.submitted:.0f}s "
                     "after submission) and it left no result"))
             return None
+        if h.executor == "local" and STOPPED_MARK in tail(h.files.stderr, lines=5):
+            # `evolve stop --jobs` (or a SIGTERM by hand): checkpointed and ended on purpose.
+            # Lost, not failed: the driver resubmits it and it resumes from its checkpoint.
+            return self._finish(h, "lost", info, reason=(
+                f"job {h.job_id} was stopped by SIGTERM with its checkpoint kept"))
         first = self._terminal_since.setdefault(h.cid, now)
         if now - first >= self.cfg.result_grace_s:
             return self._finish(h, "failed", info, reason=(

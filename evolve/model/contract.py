@@ -21,7 +21,8 @@ from pathlib import Path
 from evolve import EvolveError
 
 BASELINES_DIR = Path(__file__).parent / "baselines"
-BASELINE_NAMES = ("linear_attention", "deltanet", "gated_deltanet", "gla", "softmax")
+BASELINE_NAMES = ("linear_attention", "deltanet", "gated_deltanet", "gla", "mamba2", "kda",
+                  "gated_deltaproduct", "rwkv7", "softmax")
 
 
 class MixerLoadError(EvolveError, ValueError):

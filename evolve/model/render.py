@@ -112,7 +112,7 @@ def _imports(spec: MixerSpec, code: str) -> str:
     kernel = {("linear", "none"): "linear_attn", ("linear", "channel"): "gla",
               ("delta", "none"): "delta_rule"}
     if not spec.is_quadratic:
-        name = kernel.get((spec.update_rule, spec.decay))
+        name = _delta_kernel(spec) or kernel.get((spec.update_rule, spec.decay))
         name = name or ("gla" if spec.update_rule == "linear" else "gated_delta_rule")
         lines.append(f"from evolve.kernels import {name}")
     modules = [m for m in ("GatedRMSNorm", "RMSNorm", "ShortConvolution", "l2_norm") if used(m)]
@@ -121,12 +121,27 @@ def _imports(spec: MixerSpec, code: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _delta_kernel(spec: MixerSpec) -> str | None:
+    """The kernel of the delta-rule variants beyond (Gated) DeltaNet, else None."""
+    if spec.update_rule != "delta":
+        return None
+    if spec.removal_key == "separate":
+        return "generalized_delta_rule"
+    if spec.num_householder > 1:
+        return "gated_delta_product"
+    return "kda" if spec.decay == "channel" else None
+
+
 class _Body:
     """The class body of a rendered mixer: __init__ and forward lines, built choice by choice."""
 
     def __init__(self, spec: MixerSpec) -> None:
         self.s = spec
         self.kw, self.vw = _WIDTH[spec.key_ratio], _WIDTH[spec.value_ratio]
+        self.n = spec.num_householder  # k, v and beta have n per token (DeltaProduct)
+        self.heads_n = "h" if self.n == 1 else f"{self.n} * h"
+        self.kw_n, self.vw_n = ((f"{self.n} * {w}" for w in (self.kw, self.vw)) if self.n > 1
+                                else (self.kw, self.vw))
         self.constants = ""
         self.helpers = _WINDOW_FN if spec.local_path == "window" else ""
         self.init = ["class Mixer(nn.Module):", "    def __init__(self, cfg):",
@@ -149,17 +164,24 @@ class _Body:
         if s.position == "learned":
             self.p("self.pos = nn.Parameter(torch.randn(cfg.max_seq_len, d) * 0.02)")
         self.p(f"self.q_proj = nn.Linear(d, {kw}, bias=False)",
-               f"self.k_proj = nn.Linear(d, {kw}, bias=False)",
-               f"self.v_proj = nn.Linear(d, {vw}, bias=False)")
-        if s.beta in ("sigmoid", "sigmoid2"):
-            self.p("self.b_proj = nn.Linear(d, h, bias=False)")
+               f"self.k_proj = nn.Linear(d, {self.kw_n}, bias=False)",
+               f"self.v_proj = nn.Linear(d, {self.vw_n}, bias=False)")
+        separate = s.update_rule == "delta" and s.removal_key == "separate"
+        if separate:
+            # RWKV-7: a per-channel in-context learning rate, the removal key's scale k_k and
+            # the write key's mix k_a, initialised as RWKV-7 does
+            self.p(f"self.b_proj = nn.Linear(d, {kw}, bias=False)",
+                   f"self.k_k = nn.Parameter(torch.full(({kw},), 0.85))",
+                   f"self.k_a = nn.Parameter(torch.ones({kw}))")
+        elif s.beta in ("sigmoid", "sigmoid2"):
+            self.p(f"self.b_proj = nn.Linear(d, {self.heads_n}, bias=False)")
         elif s.beta == "constant":
-            self.p("self.beta_logit = nn.Parameter(torch.zeros(h))")
+            self.p(f"self.beta_logit = nn.Parameter(torch.zeros({self.heads_n}))")
         if s.decay == "scalar":
             self.p("self.a_proj = nn.Linear(d, h, bias=False)")
         elif s.decay == "channel":
             self.constants += "GATE_RANK = 16\n"
-            bias = s.decay_param == "logsigmoid"
+            bias = s.decay_param != "mamba2"
             self.p("self.gk_proj = nn.Sequential(nn.Linear(d, GATE_RANK, bias=False),",
                    f"                             nn.Linear(GATE_RANK, {kw}, bias={bias}))")
         if s.decay_param == "logsigmoid" and s.decay in ("scalar", "channel"):
@@ -196,7 +218,7 @@ class _Body:
         s = self.s
         if s.conv_size == 0:
             return
-        widths = [{"q": self.kw, "k": self.kw, "v": self.vw}[c] for c in s.conv_targets]
+        widths = [{"q": self.kw, "k": self.kw_n, "v": self.vw_n}[c] for c in s.conv_targets]
         size = "cfg.conv_size" if s.conv_size is None else str(s.conv_size)
         if len(set(widths)) == 1:
             convs = f"[ShortConvolution({widths[0]}, {size}) for _ in range({len(widths)})]"
@@ -215,7 +237,12 @@ class _Body:
         self._conv_forward()
         if s.local_path == "conv":
             self.f(f"o_local = {_HEADS.format('self.local_conv(v)')}")
-        self.f(f"q, k, v = ({_HEADS.format('u')} for u in (q, k, v))")
+        if self.n > 1:
+            steps = f'rearrange({{}}, "b t (n h d) -> b (t n) h d", n={self.n}, h=self.num_heads)'
+            self.f(f"q = {_HEADS.format('q')}",
+                   f"k, v = ({steps.format('u')} for u in (k, v))")
+        else:
+            self.f(f"q, k, v = ({_HEADS.format('u')} for u in (q, k, v))")
         if s.local_path == "window":
             self.constants += f"LOCAL_WINDOW = {s.local_window}\n"
             self.f("o_local = window_attention(q, k, v, LOCAL_WINDOW)  # [B, T, H, V]")
@@ -265,19 +292,32 @@ class _Body:
                 "sigmoid2": "2 * self.b_proj(x).sigmoid()  # in (0, 2): negative eigenvalues",
                 "constant": "self.beta_logit.sigmoid().expand(*x.shape[:2], -1)",
                 "none": "torch.ones_like(q[..., 0])  # full overwrite"}[s.beta]
-        if s.update_rule == "delta" or s.beta != "none":
+        if s.update_rule == "delta" and s.removal_key == "separate":
+            rate = beta.split("  #")[0]
+            self.f(f"beta = {_HEADS.format(rate)}  # [B, T, H, K]")
+        elif self.n > 1 and s.beta == "none":
+            self.f("beta = torch.ones_like(k[..., 0])  # full overwrite: [B, T * n, H]")
+        elif self.n > 1:
+            self.f(f'beta = rearrange({beta.split("  #")[0]}, "b t (n h) -> b (t n) h", '
+                   f"n={self.n})  # [B, T * {self.n}, H]")
+        elif s.update_rule == "delta" or s.beta != "none":
             self.f(f"beta = {beta}" + ("" if "#" in beta else "  # [B, T, H]"))
         if s.update_rule == "linear" and s.beta != "none":
             self.f("v = v * beta.unsqueeze(-1)  # write strength")
         if s.decay == "scalar" and s.decay_param == "mamba2":
             self.f("g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + "
                    "self.dt_bias)")
+        elif s.decay == "scalar" and s.decay_param == "rwkv7":
+            self.f("g = -math.exp(-0.5) * self.a_proj(x).float().sigmoid()  # [B, T, H]")
         elif s.decay == "scalar":
             self.f("g = F.logsigmoid(self.a_proj(x).float()) / GATE_LOGIT_NORMALIZER  # [B, T, H]")
         elif s.decay == "channel" and s.decay_param == "mamba2":
             self.f("g = F.softplus(self.gk_proj(x).float() + self.dt_bias)",
                    "g = -self.A_log.float().exp()[:, None] * "
                    f"{_HEADS.format('g')}  # [B, T, H, K]")
+        elif s.decay == "channel" and s.decay_param == "rwkv7":
+            self.f("g = -math.exp(-0.5) * self.gk_proj(x).float().sigmoid()",
+                   f"g = {_HEADS.format('g')}  # [B, T, H, K]")
         elif s.decay == "channel":
             self.f("g = F.logsigmoid(self.gk_proj(x).float()) / GATE_LOGIT_NORMALIZER",
                    f"g = {_HEADS.format('g')}  # [B, T, H, K]")
@@ -286,7 +326,16 @@ class _Body:
         elif s.decay == "learned":
             self.f("g = -self.A_log.float().exp().expand(*x.shape[:2], -1)  # [B, T, H]")
         per_head = s.decay in ("scalar", "fixed", "learned")
-        if s.update_rule == "linear" and s.decay == "none":
+        kernel = _delta_kernel(s)
+        if kernel == "generalized_delta_rule":
+            self._generalized_forward(per_head)
+            return
+        if kernel == "gated_delta_product":
+            g = "g" if s.decay != "none" else "None"
+            call = f"gated_delta_product(q, k, v, {g}, beta, num_householder={self.n})"
+        elif kernel == "kda":
+            call = "kda(q, k, v, g, beta)  # [B, T, H, V]"
+        elif s.update_rule == "linear" and s.decay == "none":
             call = "linear_attn(q, k, v)  # [B, T, H, V]"
         elif s.update_rule == "linear":
             g = "g.unsqueeze(-1).expand_as(q)" if per_head else "g"
@@ -296,6 +345,19 @@ class _Body:
         else:
             call = "delta_rule(q, k, v, beta)  # [B, T, H, V]"
         self.f(f"o, _ = {call}")
+
+    def _generalized_forward(self, per_head: bool) -> None:
+        """RWKV-7's state update: S = diag(w) S - kk (kk * a)^T S + k v^T, with the removal key
+        kk = l2(k * k_k), the rate a = beta and the write key k (1 + (a - 1) k_a)."""
+        if self.s.decay == "none":
+            self.f("g = torch.zeros_like(q)  # no decay")
+        elif per_head:
+            self.f("g = g.unsqueeze(-1).expand_as(q)  # one decay per head, on every channel")
+        self.f('k_k, k_a = (rearrange(p, "(h d) -> h d", h=self.num_heads) '
+               "for p in (self.k_k, self.k_a))",
+               "kk = l2_norm(k * k_k)  # [B, T, H, K]: the removal key",
+               "k = k * (1 + (beta - 1) * k_a)  # the write key",
+               "o, _ = generalized_delta_rule(q, k, v, -kk, kk * beta, g)  # [B, T, H, V]")
 
     def _output_forward(self) -> None:
         s = self.s

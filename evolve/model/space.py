@@ -80,12 +80,25 @@ OPTIONS: dict[str, dict[Value, str]] = {
     "decay_param": {
         "mamba2": "log-decay -exp(A_log) * softplus(w x + dt_bias) (Mamba-2)",
         "logsigmoid": "log-decay logsigmoid(w x) / gate_normalizer (GLA)",
+        "rwkv7": "log-decay -exp(-1/2) * sigmoid(w x + b), a decay in [0.55, 1] (RWKV-7)",
     },
     "gate_normalizer": {
         1: "logsigmoid decay not rescaled (fast forgetting at init)",
         4: "logsigmoid decay divided by 4",
         8: "logsigmoid decay divided by 8",
         16: "logsigmoid decay divided by 16, keeping it near 1 at init (GLA)",
+    },
+    "num_householder": {
+        1: "one delta step per token (DeltaNet, Gated DeltaNet, KDA)",
+        2: "two delta (Householder) steps per token, each with its own key, value and beta "
+           "(Gated DeltaProduct, n_h = 2): a richer state transition",
+        3: "three delta (Householder) steps per token (DeltaProduct, n_h = 3)",
+    },
+    "removal_key": {
+        "write_key": "the delta rule removes along the key it writes (DeltaNet)",
+        "separate": "generalized delta rule (RWKV-7): removal along a separate unit key "
+                    "kk = l2(k * k_k), scaled per channel by the in-context learning rate "
+                    "a = beta (per key channel), distinct from the write key k (1 + (a - 1) k_a)",
     },
     "beta": {
         "none": "no write strength (beta = 1: the delta rule fully overwrites)",
@@ -161,6 +174,11 @@ class MixerSpec:
     """Parameterisation of a data-dependent decay ('scalar' or 'channel')."""
     gate_normalizer: int = 16
     """Divisor of the logsigmoid decay (decay_param='logsigmoid' only)."""
+    num_householder: int = 1
+    """Delta steps per token (update_rule='delta' only): DeltaProduct's n_h."""
+    removal_key: str = "write_key"
+    """What the delta rule removes along (update_rule='delta' only): the write key, or RWKV-7's
+    separate removal key and per-channel in-context learning rate."""
     beta: str = "sigmoid"
     """Write strength: the delta rule's beta, or an input gate on v for the linear rule."""
     out_norm: str = "rmsnorm"
@@ -241,6 +259,8 @@ _INERT: tuple[tuple[str, Value, Any], ...] = (
     ("gate_normalizer", 16, lambda s: s["decay"] not in ("scalar", "channel")
      or s["decay_param"] != "logsigmoid"),
     ("local_window", 64, lambda s: s["local_path"] != "window"),
+    ("num_householder", 1, lambda s: s["update_rule"] != "delta"),
+    ("removal_key", "write_key", lambda s: s["update_rule"] != "delta"),
     ("fusion", "sum", lambda s: s["local_path"] == "none"),
 )
 
@@ -301,11 +321,20 @@ def _rules(s: Mapping[str, Value]) -> list[Problem]:
         bad(f"qk_norm={s['qk_norm']!r} with update_rule='delta': the delta rule is stable only "
             f"with unit-length keys; use qk_norm='l2'", "the delta rule needs unit-length keys",
             qk_norm="l2")
-    if rule == "delta" and s["decay"] == "channel":
-        bad("decay='channel' with update_rule='delta' needs a per-key-channel gated delta "
-            "kernel, which evolve.kernels lacks; use decay 'scalar', 'fixed' or 'learned' with "
-            "the delta rule, or update_rule='linear' with decay='channel'",
-            "no per-key-channel gated delta kernel", decay="scalar")
+    if rule == "delta" and s["num_householder"] != 1 and s["removal_key"] == "separate":
+        bad(f"num_householder={s['num_householder']} with removal_key='separate': the "
+            "generalized delta rule (RWKV-7) takes one step per token; use num_householder=1",
+            "the generalized delta rule has one step per token", num_householder=1)
+    if rule == "delta" and s["num_householder"] != 1 and s["decay"] == "channel":
+        bad(f"decay='channel' with num_householder={s['num_householder']}: Gated "
+            "DeltaProduct decays per head; use decay 'scalar', 'fixed' or 'learned' (or "
+            "num_householder=1 for KDA's per-channel decay)",
+            "DeltaProduct has no per-channel decay", decay="scalar")
+    if rule == "delta" and s["removal_key"] == "separate" and s["beta"] not in ("sigmoid",
+                                                                                "sigmoid2"):
+        bad(f"beta={s['beta']!r} with removal_key='separate': the in-context learning rate "
+            "is data-dependent per key channel; use beta 'sigmoid' or 'sigmoid2'",
+            "the in-context learning rate is data-dependent", beta="sigmoid")
     if rule == "linear" and s["beta"] == "sigmoid2":
         bad("beta='sigmoid2' with update_rule='linear': the range (0, 2) matters only for the "
             "delta rule's transition I - beta k k^T; use beta 'sigmoid' with the linear rule",
@@ -396,6 +425,20 @@ BASELINE_SPECS: dict[str, MixerSpec] = {
     "gla": MixerSpec(update_rule="linear", qk_norm="none", decay="channel",
                      decay_param="logsigmoid", gate_normalizer=16, beta="none",
                      out_norm="rmsnorm", out_gate="silu"),
+    # Mamba-2's state update as the space writes it: additive, scalar data-dependent decay
+    # (GLA with one gate per head, fla's simple_gla); Mamba-2's dt-scaled input is not a choice
+    "mamba2": MixerSpec(update_rule="linear", qk_norm="none", no_conv_act="silu",
+                        decay="scalar", decay_param="mamba2", beta="none",
+                        out_norm="rmsnorm", out_gate="silu"),
+    "kda": MixerSpec(update_rule="delta", qk_norm="l2", no_conv_act="silu", decay="channel",
+                     decay_param="mamba2", beta="sigmoid", out_norm="rmsnorm",
+                     out_gate="sigmoid"),
+    "gated_deltaproduct": MixerSpec(update_rule="delta", qk_norm="l2", no_conv_act="silu",
+                                    decay="scalar", decay_param="mamba2", num_householder=2,
+                                    beta="sigmoid2", out_norm="rmsnorm", out_gate="silu"),
+    "rwkv7": MixerSpec(update_rule="delta", qk_norm="l2", no_conv_act="silu", decay="channel",
+                       decay_param="rwkv7", removal_key="separate", beta="sigmoid",
+                       out_norm="rmsnorm", out_gate="sigmoid"),
     "softmax": MixerSpec(update_rule="softmax", qk_norm="none", beta="none", out_norm="none",
                          position="learned"),
 }

@@ -20,38 +20,47 @@ import random
 import signal
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 
 from evolve.config.loading import to_dict
-from evolve.gates.check import check_candidate, check_file
-from evolve.gates.novelty import NoveltyIndex, code_hash
+from evolve.gates.novelty import code_hash
 from evolve.launch.launcher import Launcher, SubmissionError
 from evolve.model.contract import BASELINES_DIR
-from evolve.model.space import BASELINE_SPECS, MixerSpec
+from evolve.model.space import BASELINE_SPECS
+from evolve.search.check_steps import CheckSteps
 from evolve.search.follow_up_steps import FollowUpSteps
-from evolve.search.proposers import ArchiveEntry, Draft, MutatorProposer, Proposer
+from evolve.search.propose_steps import ProposeSteps
+from evolve.search.reuse_steps import ReuseSteps
+from evolve.search.proposers import MutatorProposer, Proposer
 from evolve.search.run_config import RunConfig, run_config_from_dict
 from evolve.search.scoring_steps import ScoringSteps
-from evolve.state.fsio import read_json
-from evolve.state.journal import ACTIVE_STATUSES, COUNTED, UNFINISHED
+from evolve.state.journal import ACTIVE_STATUSES, COUNTED, RESUBMITTABLE_STATUSES, UNFINISHED
 from evolve.state.store import Store
+from evolve.state.view import RunView
 
 log = logging.getLogger(__name__)
 
-class Driver(ScoringSteps, FollowUpSteps):
+class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, FollowUpSteps):
     def __init__(self, cfg: RunConfig, *, force: bool = False,
-                 proposer: Proposer | None = None) -> None:
+                 proposer: Proposer | None = None, train_job: Callable[..., Any] | None = None,
+                 reuse_results: bool = True) -> None:
         self.cfg = cfg
         self.store = Store.create(cfg.run_dir, to_dict(cfg), cfg=cfg.store, force=force,
                                   upgrade=lambda frozen: to_dict(run_config_from_dict(frozen)),
                                   announce=False)
         self.launcher = Launcher(self.store, cfg.launch)
         self.stop_reason: str | None = None
-        self._proposals: dict[str, dict[str, Any]] = {}
-        self._replayed_size = -1
-        self._replayed: Any = None
+        self.view = RunView(self.store)
+        """The one read-model of the run (journal replay, proposals, results), cached."""
+        self.train_job = train_job
+        """What each training task runs: a picklable callable (submitit pickles it) taking the
+        candidate folder and the training config; None: evolve.train.job.TrainJob."""
+        self.reuse_results = reuse_results
+        """Take a finished training's result from the site's result cache instead of training it
+        again (`evolve run --no-cache`: False). How the run executes, not what it studies, so it
+        is not part of the frozen config."""
         self._followed_size = -1
-        state = self._state()
+        state = self.view.state
         # Seeded by the run and by how far it got, so a resumed search does not replay the
         # same random choices as its first life.
         self.rng = random.Random(f"{cfg.search.seed}-{state.num_events}")
@@ -65,6 +74,10 @@ class Driver(ScoringSteps, FollowUpSteps):
             from evolve.search.random_search import RandomProposer
 
             return RandomProposer(self.rng)
+        if self.cfg.search.proposer == "independent":
+            from evolve.search.independent import IndependentProposer
+
+            return IndependentProposer(self.cfg.mutator, self.cfg.fitness.reference, self.rng)
         # llm/auto start with the mutator; `run` swaps in the researcher once a model answers.
         return MutatorProposer(self.cfg.mutator, self.cfg.sampling, self.rng)
 
@@ -77,7 +90,7 @@ class Driver(ScoringSteps, FollowUpSteps):
             return
         self.store.record("llm_ready", source=self.agents.source)
         if not self._given_proposer:
-            self.proposer = LLMProposer(self.agents, self.cfg, self.rng, describe=self.view,
+            self.proposer = LLMProposer(self.agents, self.cfg, self.rng, describe=self.describe,
                                         cognition=self._cognition())
 
     def _cognition(self) -> Any:
@@ -140,8 +153,8 @@ class Driver(ScoringSteps, FollowUpSteps):
     def _should_stop(self) -> bool:
         if self.stop_reason:
             return True
-        if (self.cfg.run_dir / "STOP").exists():
-            self.stop_reason = f"STOP file {self.cfg.run_dir / 'STOP'}: remove it to go on"
+        if self.store.stop_path.exists():
+            self.stop_reason = f"STOP file {self.store.stop_path}: remove it to go on"
             return True
         s = self.cfg.search
         if s.max_wall_hours is not None:
@@ -150,48 +163,30 @@ class Driver(ScoringSteps, FollowUpSteps):
                 self.stop_reason = "max_wall_hours"
                 return True
         if s.max_gpu_hours is not None:
-            used = sum(c.gpu_hours for c in self._state().candidates.values())
+            used = sum(c.gpu_hours for c in self.view.state.candidates.values())
             if used >= s.max_gpu_hours:
                 self.stop_reason = "max_gpu_hours"
                 return True
         return False
 
     def _complete(self) -> bool:
-        state = self._state()
-        proposals = [c for c in state.candidates.values() if self._kind(c.id) == "proposal"]
+        state = self.view.state
+        proposals = [c for c in state.candidates.values() if self.view.kind(c.id) == "proposal"]
         counted = sum(c.status in COUNTED for c in proposals)
         unfinished = [c for c in state.candidates.values() if c.status in UNFINISHED]
         return counted >= self.cfg.search.max_candidates and not unfinished
 
     # ---- candidates ----------------------------------------------------------------------
 
-    def _state(self) -> Any:
-        """The journal's replay, recomputed only when the journal grew (it is append-only, so
-        its size identifies its content); the loop asks for it several times per pass."""
-        size = self.store.journal_path.stat().st_size
-        if size != self._replayed_size:
-            self._replayed = self.store.replay()
-            self._replayed_size = size
-        return self._replayed
-
-    def _proposal(self, cid: str) -> dict[str, Any]:
-        # proposal.json is written once, before the candidate is journaled as proposed, and
-        # never changed: cache it (the loop reads it for every candidate on every pass).
-        cached = self._proposals.get(cid)
-        if cached is None:
-            cached = read_json(self.store.candidate(cid).proposal, {}) or {}
-            if cached:
-                self._proposals[cid] = cached
-        return cached
-
-    def _kind(self, cid: str) -> str:
-        return self._proposal(cid).get("kind", "proposal")
-
     def _new_candidate(self, code: str, proposal: dict[str, Any], generation: int,
                        records: list[dict[str, Any]] = ()) -> str:  # type: ignore[assignment]
         from evolve.agents.client import record_call
 
-        cid = self.store.new_candidate(generation=generation, parents=proposal.get("parents", []))
+        island = self._island(proposal)
+        if island is not None:
+            proposal = {**proposal, "island": island}
+        cid = self.store.new_candidate(generation=generation, parents=proposal.get("parents", []),
+                                       **({"island": island} if island is not None else {}))
         paths = self.store.candidate(cid)
         self.store.write_text(paths.mixer, code)
         for record in records:
@@ -204,7 +199,7 @@ class Driver(ScoringSteps, FollowUpSteps):
 
     def _recover_created(self) -> None:
         """Candidates whose creation a crash interrupted: keep them if their files exist."""
-        for c in self._state().with_status("created"):
+        for c in self.view.state.with_status("created"):
             paths = self.store.candidate(c.id)
             if paths.mixer.exists() and paths.proposal.exists():
                 self.store.record("proposed", c.id)
@@ -214,13 +209,15 @@ class Driver(ScoringSteps, FollowUpSteps):
 
     def _submit_baselines(self, seeds: int | None = None, preset: str | None = None,
                           names: tuple[str, ...] | None = None) -> bool:
-        """Baselines `names` (default: the configured ones) with seeds 0..seeds-1 at `preset`
-        (None: the run's own training), each created once per run."""
-        state = self._state()
+        """Baselines `names` (default: the configured ones) at `preset` (None: the run's own
+        training), each created once per run, with the seeds the proposals train with:
+        search.seed, search.seed + 1, ... (so that every comparison is seed-matched)."""
+        state = self.view.state
         have = {(p.get("name"), p.get("seed"), p.get("preset")) for p in
-                (self._proposal(c) for c in state.candidates) if p.get("kind") == "baseline"}
+                (self.view.proposal(c) for c in state.candidates) if p.get("kind") == "baseline"}
         made = False
-        for seed in range(seeds or self.cfg.search.baseline_seeds):
+        first = self.cfg.search.seed
+        for seed in range(first, first + (seeds or self.cfg.search.baseline_seeds)):
             new = []
             for name in names or self.cfg.search.baselines:
                 if (name, seed, preset) in have:
@@ -241,8 +238,8 @@ class Driver(ScoringSteps, FollowUpSteps):
         from evolve.model.render import render
         from evolve.search.seed_designs import seed_designs
 
-        state = self._state()
-        have = {self._proposal(c).get("seed_design") for c in state.candidates}
+        state = self.view.state
+        have = {self.view.proposal(c).get("seed_design") for c in state.candidates}
         made = False
         for i, (spec, motivation) in enumerate(seed_designs(self.cfg.search.seed_designs)):
             if i in have:
@@ -255,33 +252,56 @@ class Driver(ScoringSteps, FollowUpSteps):
         return made
 
     def _submit_checked(self) -> bool:
-        state = self._state()
+        state = self.view.state
         # submit_failed: a submission the scheduler refused, or one a killed driver left without
         # its job id (Launcher.resume found no job for it): no training runs, so submit again.
-        ready = [c for c in state.with_status("checked", "lost", "submit_failed")
+        ready = [c for c in state.with_status(*RESUBMITTABLE_STATUSES)
                  if c.id not in self.launcher.active]
         if not ready:
             return False
         # One array per (seed, preset): the seed and the training settings are per submission.
         groups: dict[tuple[int, str], list[str]] = {}
         for c in ready:
-            p = self._proposal(c.id)
+            p = self.view.proposal(c.id)
             key = (p.get("seed", self.cfg.search.seed), p.get("preset") or "")
             groups.setdefault(key, []).append(c.id)
+        submitted = False
         for (seed, preset_name), cids in sorted(groups.items()):
             train_cfg = to_dict(self._train_config(preset_name or None))
             train_cfg["seed"] = seed
             generation = state.candidates[cids[0]].generation
+            cids = self._reuse_results(cids, train_cfg)  # trained before, here or in another run
+            if not cids:
+                submitted = True
+                continue
             try:
-                from evolve.train.job import TrainJob
-
-                self.launcher.submit(cids, TrainJob(), train_cfg, generation=generation)
+                # At most max_in_flight trainings alive (locally: the free slots); the rest
+                # wait as checked candidates, not as processes, for a later step.
+                submitted |= bool(self.launcher.submit(
+                    cids, self._training(), train_cfg, generation=generation,
+                    max_alive=self.cfg.search.max_in_flight, launch=self._launch(preset_name)))
             except SubmissionError as exc:
                 # Recorded by the launcher; the candidates stay submittable. Stop rather than
                 # spin against a scheduler that refuses (bad partition, account).
                 self.stop_reason = f"submission refused: {exc}"
                 return False
-        return True
+        return submitted
+
+    def _training(self) -> Callable[..., Any]:
+        if self.train_job is None:  # imported here: torch loads only when a training is sent
+            from evolve.train.job import TrainJob
+
+            self.train_job = TrainJob()
+        return self.train_job
+
+    def _launch(self, preset_name: str) -> Any:
+        """Promoted trainings run with search.promote.launch over the run's launch keys."""
+        if not preset_name or preset_name != self.cfg.search.promote.preset \
+                or not self.cfg.search.promote.launch:
+            return None
+        from evolve.search.site_launch import promote_launch
+
+        return promote_launch(self.cfg)
 
     def _train_config(self, preset_name: str | None) -> Any:
         """The run's training settings, or those of a promotion preset."""
@@ -295,127 +315,6 @@ class Driver(ScoringSteps, FollowUpSteps):
         return preset(preset_name)
 
     def _in_flight(self) -> int:
-        state = self._state()
+        state = self.view.state
         return sum(c.status in (*ACTIVE_STATUSES, "checked", "proposed")
                    for c in state.candidates.values())
-
-    def _archive(self) -> list[ArchiveEntry]:
-        state = self._state()
-        entries = []
-        for c in state.candidates.values():
-            prop = self._proposal(c.id)
-            if prop.get("kind") in ("replica", "ablation") or prop.get("preset"):
-                continue  # re-trainings of a design already in the archive
-            spec = self._spec(prop)
-            entries.append(ArchiveEntry(id=c.id, spec=spec, fitness=c.fitness,
-                                        parents=list(c.parents), name=prop.get("name", ""),
-                                        motivation=prop.get("motivation", ""),
-                                        generation=c.generation, island=c.island,
-                                        status=c.status))
-        return entries
-
-    def _spec(self, proposal: dict[str, Any]) -> MixerSpec | None:
-        if not proposal.get("spec"):
-            return None
-        spec = MixerSpec.from_dict(proposal["spec"])
-        if spec.conv_size is None:
-            # Pin "the run's conv width" to its value, so that settings which only matter
-            # without a convolution are seen as inert and their mutations as duplicates.
-            track = self.cfg.train.lm or self.cfg.train.mqar
-            assert track is not None
-            spec = spec.replace(conv_size=track.model.conv_size)
-        return spec
-
-    def _propose_if_room(self) -> bool:
-        state = self._state()
-        proposals = [c for c in state.candidates.values() if self._kind(c.id) == "proposal"]
-        remaining = self.cfg.search.max_candidates - sum(c.status in COUNTED for c in proposals)
-        room = self.cfg.search.max_in_flight - self._in_flight()
-        n = min(remaining, room, self.cfg.search.generation_size)
-        # Redo gates interrupted by a crash before anything new is proposed.
-        for c in state.with_status("proposed"):
-            self._gate(c.id)
-        if n <= 0 or self.stop_reason:
-            return False
-        generation = 1 + max((c.generation or 0) for c in state.candidates.values())
-        archive = self._archive()
-        drafts = self.proposer.propose(archive, n, generation)
-        novelty = NoveltyIndex(self.cfg.novelty)
-        for e in archive:
-            code = self.store.candidate(e.id).mixer
-            if code.exists():
-                novelty.add(e.id, source=code.read_text(), motivation=e.motivation, spec=e.spec)
-        # Designs by their digest with "the run's conv width" pinned, so that a spec naming the
-        # width and one leaving it to the run are seen as the same design.
-        designs = {e.spec.digest(): e.id for e in archive if e.spec is not None}
-        made = 0
-        for draft in drafts:
-            pinned = self._spec({"spec": draft.spec.to_dict()}) if draft.spec else None
-            same = designs.get(pinned.digest()) if pinned else None
-            if same is not None:
-                self.store.record("duplicate_rejected", nearest=same,
-                                  reason=f"the same design as {same}")
-                continue
-            verdict = novelty.check(source=draft.code, motivation=draft.motivation, spec=draft.spec)
-            if verdict.kind == "duplicate_code":
-                self.store.record("duplicate_rejected", nearest=verdict.nearest_id,
-                                  reason=verdict.reason)
-                continue
-            cid = self._new_candidate(draft.code, self._draft_record(draft, verdict), generation,
-                                      records=draft.records)
-            novelty.add(cid, source=draft.code, motivation=draft.motivation, spec=draft.spec)
-            if pinned is not None:
-                designs[pinned.digest()] = cid
-            self._gate(cid)
-            made += 1
-        return made > 0
-
-    def _draft_record(self, draft: Draft, verdict: Any) -> dict[str, Any]:
-        return {"kind": "proposal", "proposer": draft.proposer, "motivation": draft.motivation,
-                "parents": draft.parents, "spec": draft.spec.to_dict() if draft.spec else None,
-                "seed": self.cfg.search.seed, "novelty": {"kind": verdict.kind,
-                                                           "nearest": verdict.nearest_id,
-                                                           "similarity": verdict.similarity},
-                **draft.extra}
-
-    def _gate(self, cid: str) -> None:
-        folder = self.store.candidate(cid).dir
-        report = check_candidate(folder, self.cfg.checks, model=self._model_cfg())
-        if report.sandbox.get("incomplete"):
-            # The sandbox itself failed (not the candidate): leave it proposed, retry later.
-            self.store.record("gate_incomplete", cid, detail=str(report.sandbox)[:500])
-            return
-        failed = report.verdict(report.failed_gate) if report.failed_gate else None
-        if failed is not None and self._repairable(cid):
-            # The engineer gets the failing gate's message; a verified fix replaces mixer.py
-            # (a crash mid-repair leaves the candidate proposed: it is gated, and repaired, again).
-            outcome = self.agents.repair(folder, report.failed_gate, failed.message,
-                                         self._check_scratch)
-            self.store.record("repair", cid, ok=outcome["ok"], attempts=outcome["attempts"],
-                              gate=report.failed_gate, error=outcome["error"][:500] or None)
-            if outcome["ok"]:
-                report = check_candidate(folder, self.cfg.checks, model=self._model_cfg())
-                failed = report.verdict(report.failed_gate) if report.failed_gate else None
-        self.store.record("checked", cid, passed=report.passed,
-                          failed_gate=report.failed_gate,
-                          error=failed.message[:500] if failed else None)
-
-    def _model_cfg(self) -> Any:
-        track = self.cfg.train.lm or self.cfg.train.mqar
-        assert track is not None
-        return track.model
-
-    def _repairable(self, cid: str) -> bool:
-        """Only whole files the model wrote are repaired: a spec-mode file is a rendering of
-        its spec, and editing the code would make the two disagree."""
-        if self.agents is None or self.cfg.search.max_repairs < 1:
-            return False
-        prop = self._proposal(cid)
-        repairs = sum(1 for e in self.store.events()
-                      if e.get("event") == "repair" and e.get("candidate") == cid)
-        return prop.get("proposer") == "llm-code" and repairs < self.cfg.search.max_repairs
-
-    def _check_scratch(self, folder: Any) -> tuple[bool, str, str]:
-        report = check_file(folder / "mixer.py", self.cfg.checks, model=self._model_cfg())
-        gate = report.failed_gate
-        return report.passed, gate or "", report.verdict(gate).message if gate else ""

@@ -2,8 +2,7 @@
 preset, ablation of the best design, and `evolve verify` requests.
 
 `Driver` derives from `FollowUpSteps`; the loop calls `_follow_up()` once per pass. These
-methods use the driver's store, config and candidate helpers (`_state`, `_proposal`,
-`_new_candidate`, `_submit_baselines`, `_reference_ids`, `_results_of`, ...); the statistics
+methods use the driver's store, its read-model (`view`) and candidate helpers (`_new_candidate`, `_submit_baselines`, `_reference_ids`, `_results_of`, ...); the statistics
 they rest on are pure functions in `evolve.search.followup`.
 """
 
@@ -15,7 +14,7 @@ from evolve.model.render import render
 from evolve.model.space import BASELINE_SPECS
 from evolve.search.followup import (ablation_table, ablation_variants, confirm,
                                     nearest_baseline, versus)
-from evolve.state.fsio import read_json
+from evolve.state.requests import pending_requests, settle
 from evolve.state.journal import COUNTED, TRAINED, UNFINISHED
 
 
@@ -41,8 +40,8 @@ class FollowUpSteps:
     def _derived(self) -> dict[tuple[Any, ...], str]:
         """Replicas and ablations by what they re-train, so none is created twice."""
         out = {}
-        for cid in self._state().candidates:
-            p = self._proposal(cid)
+        for cid in self.view.state.candidates:
+            p = self.view.proposal(cid)
             if p.get("kind") == "replica":
                 out[("replica", p.get("of"), p.get("seed"), p.get("preset"))] = cid
             elif p.get("kind") == "ablation":
@@ -52,7 +51,7 @@ class FollowUpSteps:
     def _replicate(self, cid: str, seeds: int, preset: str | None, why: str) -> bool:
         """Train `cid`'s file again with its seed + 1, ... (and with its own seed at another
         preset), plus the reference baseline with as many seeds at that preset."""
-        p = self._proposal(cid)
+        p = self.view.proposal(cid)
         first = p.get("seed", self.cfg.search.seed)
         have = self._derived()
         code = self.store.candidate(cid).mixer.read_text()
@@ -65,7 +64,7 @@ class FollowUpSteps:
                 "kind": "replica", "of": cid, "seed": seed, "preset": preset,
                 "proposer": "replica", "motivation": f"{why}: {cid} with seed {seed}",
                 "parents": [cid], "spec": p.get("spec"), "name": p.get("name", "")},
-                generation=self._state().candidates[cid].generation or 0)
+                generation=self.view.state.candidates[cid].generation or 0)
             self.store.record("checked", new, passed=True, gates=f"replica of {cid}")
             made = True
         made |= self._submit_baselines(seeds=max(seeds, self.cfg.search.baseline_seeds),
@@ -86,8 +85,8 @@ class FollowUpSteps:
         return members
 
     def _ranked(self) -> list[Any]:
-        state = self._state()
-        scored = [c for c in state.candidates.values() if self._kind(c.id) == "proposal"
+        state = self.view.state
+        scored = [c for c in state.candidates.values() if self.view.kind(c.id) == "proposal"
                   and c.status in ("scored", "analyzed") and c.fitness is not None]
         return sorted(scored, key=lambda c: -c.fitness)
 
@@ -111,7 +110,7 @@ class FollowUpSteps:
     def _settle_confirmations(self) -> bool:
         """Write confirmation.json (and a `confirmed` event) for every replicated candidate
         whose seeds, and the reference's seeds at the same preset, have all finished."""
-        state = self._state()
+        state = self.view.state
         done = self._verdicts()
         groups: dict[tuple[str, str | None], list[str]] = {}
         for key in self._derived():
@@ -146,9 +145,7 @@ class FollowUpSteps:
                     verdict["versus"][name] = versus(
                         self._results_of(trained), self._results_of(other),
                         self._results_of(ref_ids), self.cfg.fitness, self.cfg.fitness.reference)
-            folder = self.store.candidate(cid).dir
-            name = "confirmation.json" if preset is None else f"confirmation-{preset}.json"
-            self.store.write_json(folder / name, verdict)
+            self.store.write_json(self.store.candidate(cid).confirmation(preset), verdict)
             f = verdict.get("fitness", {})
             self.store.record("confirmed", cid, preset=preset, better=verdict["better"],
                               basis=basis,
@@ -158,14 +155,14 @@ class FollowUpSteps:
 
     def _search_done(self) -> bool:
         """All proposals counted and trained, and every confirmation settled."""
-        state = self._state()
+        state = self.view.state
         counted = sum(c.status in COUNTED for c in state.candidates.values()
-                      if self._kind(c.id) == "proposal")
+                      if self.view.kind(c.id) == "proposal")
         if counted < self.cfg.search.max_candidates:
             return False
         return not any(c.status in UNFINISHED for c in state.candidates.values()
-                       if self._kind(c.id) in ("proposal", "replica", "baseline")
-                       and not self._proposal(c.id).get("preset"))
+                       if self.view.kind(c.id) in ("proposal", "replica", "baseline")
+                       and not self.view.proposal(c.id).get("preset"))
 
     def _best(self) -> list[str]:
         """Proposals best first: confirmed-better ones by their mean when confirmation is on,
@@ -188,12 +185,12 @@ class FollowUpSteps:
         return made
 
     def _ablate(self) -> bool:
-        requested = (self.cfg.run_dir / "ablation.json").exists()  # `evolve verify --ablate`
+        requested = self.store.ablation_path.exists()  # `evolve verify --ablate`
         if not (self.cfg.search.ablate_best or requested):
             return False
         # The target is chosen once (ablation.json keeps it): more seeds of another candidate
         # must not start a second ablation.
-        pinned = read_json(self.cfg.run_dir / "ablation.json", None) or {}
+        pinned = self.view.ablation() or {}
         if pinned.get("candidate"):
             best = pinned["candidate"]
             why = pinned.get("chosen") or "named in ablation.json (`evolve verify --ablate`)"
@@ -201,14 +198,14 @@ class FollowUpSteps:
             best, why = self._ablation_target()
         if best is None:
             return False
-        spec = self._spec(self._proposal(best))
+        spec = self._spec(self.view.proposal(best))
         baselines = {n: self._spec({"spec": BASELINE_SPECS[n].to_dict()})
                      for n in self.cfg.search.baselines}
         base_name, _ = nearest_baseline(spec, baselines)
         seeds = int(pinned.get("seeds") or self.cfg.search.confirm_seeds)
         made = self._replicate(best, seeds, None, "ablation reference")
         have = self._derived()
-        first = self._proposal(best).get("seed", self.cfg.search.seed)
+        first = self.view.proposal(best).get("seed", self.cfg.search.seed)
         plan = []
         for field_name, variant, note in ablation_variants(spec, baselines[base_name]):
             plan.append({"field": field_name, "from": getattr(spec, field_name),
@@ -224,7 +221,7 @@ class FollowUpSteps:
                     "proposer": "ablation", "parents": [best], "spec": variant.to_dict(),
                     "motivation": f"ablation of {best}: {field_name} back to "
                                   f"{base_name}'s {getattr(baselines[base_name], field_name)!r}"},
-                    generation=self._state().candidates[best].generation or 0)
+                    generation=self.view.state.candidates[best].generation or 0)
                 self._gate(new)
                 made = True
         self._write_ablation(best, base_name, plan, seeds, why)
@@ -234,7 +231,7 @@ class FollowUpSteps:
         """The candidate to ablate and why it: the best confirmed better than the reference;
         with none confirmed, the best by its mean over the seeds it has (one-seed fitness
         without replicas), since what each change contributes is worth knowing either way."""
-        with_spec = lambda ids: [c for c in ids if self._spec(self._proposal(c))]
+        with_spec = lambda ids: [c for c in ids if self._spec(self.view.proposal(c))]
         confirmed = with_spec(self._best()) if self.cfg.search.confirm_top >= 1 else []
         if confirmed:
             return confirmed[0], "the best candidate confirmed better than the reference"
@@ -254,7 +251,7 @@ class FollowUpSteps:
     def _write_ablation(self, best: str, base_name: str, plan: list[dict[str, Any]],
                         seeds: int, why: str) -> None:
         """ablation.json: the plan, and the table once every training of it has finished."""
-        state = self._state()
+        state = self.view.state
         by_field: dict[str, list[str]] = {}
         for key, cid in self._derived().items():
             if key[0] == "ablation" and key[1] == best:
@@ -270,39 +267,30 @@ class FollowUpSteps:
                 self._results_of(trained(self._group(best))),
                 {f: self._results_of(ids) for f, ids in by_field.items()},
                 self._results_of(ref_ids), self.cfg.fitness, self.cfg.fitness.reference)
-        path = self.cfg.run_dir / "ablation.json"
-        if read_json(path, None) != out:
-            self.store.write_json(path, out)
+        if self.view.ablation() != out:
+            self.store.write_json(self.store.ablation_path, out)
 
     def _take_requests(self) -> bool:
-        """Requests from `evolve verify` (RUN/requests/*.json): replicas of a candidate with
-        more seeds and/or at another preset. A request is renamed *.done once its
-        candidates exist."""
-        folder = self.cfg.run_dir / "requests"
-        if not folder.is_dir():
-            return False
+        """Requests from `evolve verify` (evolve.state.requests): replicas of a candidate with
+        more seeds and/or at another preset, and an ablation."""
         made = False
-        for path in sorted(folder.glob("*.json")):
-            req = read_json(path, None) or {}
-            cid = req.get("candidate")
-            state = self._state()
+        for req in pending_requests(self.store):
+            cid = req.candidate
+            state = self.view.state
             if cid not in state.candidates or state.candidates[cid].status not in TRAINED:
                 error = f"{cid} is not a trained candidate of this run"
                 self.store.record("request_refused", cid if cid in state.candidates else None,
-                                  request=path.name, error=error)
-                path.rename(path.with_suffix(".refused"))
+                                  request=req.path.name, error=error)
+                settle(req, accepted=False)
                 continue
-            preset = req.get("preset") or None
-            made |= self._replicate(cid, int(req.get("seeds", 1)), preset,
-                                    f"verify request {path.stem}")
-            ablation = self.cfg.run_dir / "ablation.json"
-            if req.get("ablate") and not ablation.exists():
-                if self._spec(self._proposal(cid)) is None:
-                    self.store.record("request_refused", cid, request=path.name,
+            made |= self._replicate(cid, req.seeds, req.preset, f"verify request {req.path.stem}")
+            if req.ablate and not self.store.ablation_path.exists():
+                if self._spec(self.view.proposal(cid)) is None:
+                    self.store.record("request_refused", cid, request=req.path.name,
                                       error="ablation needs a spec (a code-mode file has none)")
                 else:
-                    self.store.write_json(ablation, {"candidate": cid, "plan": [],
-                                                     "seeds": int(req.get("seeds", 1)),
-                                                     "complete": False})
-            path.rename(path.with_suffix(".done"))
+                    self.store.write_json(self.store.ablation_path,
+                                          {"candidate": cid, "plan": [], "seeds": req.seeds,
+                                           "complete": False})
+            settle(req, accepted=True)
         return made

@@ -36,6 +36,9 @@ class PromoteConfig:
     """The preset they are re-trained at (the reference baseline is trained there too)."""
     train: dict[str, Any] = field(default_factory=dict)
     """Overrides of that preset, with the keys of the run file's `train` section."""
+    launch: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the run's `launch` keys for the promoted trainings, e.g. {partition: gpu,
+    gpus_per_task: 1} when a CPU search promotes to a GPU preset."""
 
     def __post_init__(self) -> None:
         from evolve.config.loading import choice

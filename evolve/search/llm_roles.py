@@ -2,7 +2,7 @@
 uses them (researcher proposes, engineer repairs, analyzer draws lessons).
 
     agents = Agents.start(cfg, store)          # None: no model serves this run (the mutator)
-    proposer = LLMProposer(agents, cfg, rng, describe=driver.view)
+    proposer = LLMProposer(agents, cfg, rng, describe=driver.describe)
     report = agents.analyze(cand, parent, baselines, cognition, folder)   # analysis.json or None
     agents.close()                             # stops a server the driver started
 
@@ -30,8 +30,9 @@ from typing import Any
 
 from evolve import EvolveError
 from evolve.agents.client import LLMClient, record_call
-from evolve.agents.llm_config import LLMConfig
+from evolve.agents.llm_config import LLMConfig, list_models
 from evolve.search.proposers import ArchiveEntry, Draft, MutatorProposer, choose_parents
+from evolve.state.layout import CandidatePaths
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,12 @@ class Agents:
             where = llm.base_url or llm.endpoint_file
             try:
                 client = LLMClient(llm)
-                model = client.model  # asks /v1/models: proves the server answers
+                # Asked even when endpoint.json names the model: a file left by a server that
+                # is gone must not be trusted (each proposal would wait on connection errors).
+                served = list_models(client.endpoint.base_url, client.endpoint.api_key)
+                if not served:
+                    raise ConnectionError(f"{client.endpoint.base_url} serves no model")
+                model = client.model
                 return cls(client, source=f"{where} ({model})")
             except (ValueError, ConnectionError) as exc:
                 reasons.append(f"{where}: {exc}")
@@ -149,24 +155,24 @@ class Agents:
         kept as mixer.orig.py). `check(scratch_folder)` gates a version written there."""
         from evolve.agents.engineer import repair
 
-        code = (folder / "mixer.py").read_text()
-        scratch = folder / "repair"
+        paths = CandidatePaths.of(folder)
+        code = paths.mixer.read_text()
+        scratch = paths.repair_dir
         rounds = iter(range(1, 1000))
 
         def check_code(text: str) -> tuple[bool, str, str]:
-            attempt = scratch / str(next(rounds))
-            attempt.mkdir(parents=True, exist_ok=True)
-            (attempt / "mixer.py").write_text(text)
-            return check(attempt)
+            attempt = CandidatePaths.of(scratch / str(next(rounds)))
+            attempt.dir.mkdir(parents=True, exist_ok=True)
+            attempt.mixer.write_text(text)
+            return check(attempt.dir)
 
         result = repair(self.client, code, gate=gate, message=message, check=check_code)
         for record in result.records:
             record_call(folder, record)
         if result.ok and result.verified:
-            orig = folder / "mixer.orig.py"
-            if not orig.exists():
-                shutil.copyfile(folder / "mixer.py", orig)
-            (folder / "mixer.py").write_text(result.code)
+            if not paths.mixer_before_repair.exists():
+                shutil.copyfile(paths.mixer, paths.mixer_before_repair)
+            paths.mixer.write_text(result.code)
         return {"ok": result.ok and result.verified, "fix": result.fix, "error": result.error,
                 "attempts": result.attempts, "history": result.history}
 

@@ -12,7 +12,6 @@ under the run file's own `launch:` keys.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,10 @@ from evolve.search.mutator import MutatorConfig
 from evolve.gates.novelty import NoveltyConfig
 from evolve.train.presets import PRESETS, TrainConfig, preset
 from evolve.search.sampling import SamplingConfig
+from evolve.search.site_launch import check_runnable, merge_site
 from evolve.state.store import StoreConfig
 
-PROPOSERS = ("auto", "mutator", "llm", "random")
+PROPOSERS = ("auto", "mutator", "llm", "random", "independent")
 ANALYZERS = ("auto", "llm", "rules")
 
 
@@ -41,7 +41,9 @@ class SearchConfig:
     proposer: str = "auto"
     """mutator (no model), llm (the model server: llm.base_url, llm.endpoint_file, the run's
     llm/endpoint.json, else the packaged local model), auto (llm when one of those answers,
-    else the mutator), or random (uniform samples of the design space: the control)."""
+    else the mutator); the controls: random (uniform samples of the design space) or
+    independent (mutations of the fitness.reference baseline alone: no archive, no sampling,
+    no lessons; evolve/search/independent.py)."""
     serve_local: bool = True
     """With proposer llm or auto and no server configured, start the packaged llama.cpp model
     (SmolLM2-135M, one thread) on the driver's node when it is installed."""
@@ -57,7 +59,8 @@ class SearchConfig:
     baselines: tuple[str, ...] = ("deltanet", "gated_deltanet", "linear_attention")
     """Baselines trained first, under the same budget and seeds as the candidates."""
     baseline_seeds: int = 1
-    """Seeds per baseline (seed 0, 1, ...); fitness uses their mean and spread."""
+    """Seeds per baseline (search.seed, search.seed + 1, ...: the proposals' own seeds, so that
+    comparisons are seed-matched); fitness uses their mean and spread."""
     confirm_top: int = 0
     """Noise-aware selection: the best this-many candidates whose one-seed fitness beats the
     reference are re-trained with confirm_seeds seeds (and every baseline too); a candidate is
@@ -182,12 +185,9 @@ def _resolve(data: dict[str, Any], source: str, lines: dict[str, int]) -> RunCon
     base = to_dict(preset(preset_name))
     check_keys(TrainConfig, train_over, source, lines, "train")
     data["train"] = deep_update(base, train_over)
-    site = os.environ.get("EVOLVE_SITE")
-    if site and Path(site).suffix in (".yaml", ".yml"):
-        site_data, _ = read_yaml(site)
-        if isinstance(site_data.get("launch"), dict):
-            data["launch"] = deep_update(site_data["launch"], data.get("launch") or {})
-    return from_dict(RunConfig, data, source=source, lines=lines)
+    cfg = from_dict(RunConfig, merge_site(data), source=source, lines=lines)
+    check_runnable(cfg, source)  # a run file, not a frozen run.yaml: refuse what cannot run
+    return cfg
 
 
 def load_run_config(path: str | Path) -> RunConfig:
@@ -195,7 +195,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     return _resolve(data, str(path), lines)
 
 
-def run_config_from_dict(data: dict[str, Any], source: str = "run.yaml") -> RunConfig:
+def run_config_from_dict(data: dict[str, Any], source: str = "<run config>") -> RunConfig:
     """Rebuild a resolved config (as frozen in run.yaml) without re-applying the preset."""
     return from_dict(RunConfig, data, source=source)
 

@@ -13,28 +13,27 @@ from typing import Any
 from evolve.gates.check import GATES, check_file, leakage_verdict
 from evolve.model.render import describe
 from evolve.search.fitness import Reference, fitness
-from evolve.state.fsio import read_json
-from evolve.state.journal import TRAINED
+from evolve.state.journal import DROPPED, TRAINED
 
 
 class ScoringSteps:
     """Scoring and analysis of a run's trainings, as steps of its driver."""
 
     def _results_of(self, cids: list[str]) -> list[dict[str, Any]]:
-        return [read_json(self.store.candidate(c).result, {}) or {} for c in cids]
+        return [self.view.result(c) or {} for c in cids]
 
     def _baseline_ids(self, name: str, preset: str | None) -> tuple[list[str], bool]:
         """Trained candidates of baseline `name` at `preset`, and whether more of its seeds
         are still to come."""
-        state = self._state()
+        state = self.view.state
         done, pending = [], False
         for c in state.candidates.values():
-            p = self._proposal(c.id)
+            p = self.view.proposal(c.id)
             if p.get("kind") == "baseline" and p.get("name") == name \
                     and p.get("preset") == preset:
                 if c.status in TRAINED:
                     done.append(c.id)
-                elif c.status not in ("failed", "rejected", "cancelled"):
+                elif c.status not in DROPPED:
                     pending = True
         return done, pending
 
@@ -49,18 +48,18 @@ class ScoringSteps:
                                       self.cfg.fitness.mqar_pairs)
 
     def _score_finished(self) -> bool:
-        state = self._state()
+        state = self.view.state
         done = state.with_status("done")
         progressed = False
         references: dict[str | None, Reference | None] = {}
         for c in done:
-            preset = self._proposal(c.id).get("preset")
+            preset = self.view.proposal(c.id).get("preset")
             if preset not in references:
                 references[preset] = self._reference(preset)
             reference = references[preset]
             if reference is None:
                 continue  # the reference baseline at this preset is still training
-            result = read_json(self.store.candidate(c.id).result, {}) or {}
+            result = self.view.result(c.id) or {}
             progressed = True
             if result.get("status") != "ok":
                 self.store.record("failed", c.id, error=result.get("reason", "no result.json"))
@@ -74,6 +73,7 @@ class ScoringSteps:
             if leak is not None:
                 score["leakage"] = leak
             self.store.record("scored", c.id, fitness=score["fitness"], terms=score)
+            self._remember_result(c.id, result)
         return progressed
 
     def _leakage(self, cid: str, result: dict[str, Any], ref: Reference,
@@ -82,7 +82,7 @@ class ScoringSteps:
         sends the file back to the causality gate at the training length. Baselines are
         trusted; a candidate passing that second look is kept, flagged."""
         bpb = result.get("metrics", {}).get("bpb")
-        if bpb is None or not ref.bpb or self._kind(cid) == "baseline":
+        if bpb is None or not ref.bpb or self.view.kind(cid) == "baseline":
             return None
         verdict = leakage_verdict(float(bpb), ref.bpb, self.cfg.checks.leakage_threshold)
         if verdict.passed:
@@ -101,13 +101,13 @@ class ScoringSteps:
             f"{recheck.verdict(recheck.failed_gate).message}")
         return {"passed": causal, "message": message, "measured": verdict.measured}
 
-    def view(self, cid: str) -> dict[str, Any]:
+    def describe(self, cid: str) -> dict[str, Any]:
         """A candidate as the roles see it: id, name, motivation, spec, description, code,
         metrics, status, fitness, the training curve's summary rows."""
-        state = self._state()
-        p = self._proposal(cid)
+        state = self.view.state
+        p = self.view.proposal(cid)
         paths = self.store.candidate(cid)
-        r = read_json(paths.result, {}) or {}
+        r = self.view.result(cid) or {}
         spec = self._spec(p)
         code = paths.mixer.read_text() if paths.mixer.exists() else ""
         cand = state.candidates.get(cid)
@@ -120,23 +120,23 @@ class ScoringSteps:
     def _analyze_scored(self) -> bool:
         from evolve.agents.rules_analyzer import analyze
 
-        state = self._state()
+        state = self.view.state
         scored = state.with_status("scored")
         if not scored:
             return False
         ref_ids, _ = self._reference_ids()
-        ref_view = self.view(ref_ids[0]) if ref_ids else {}
+        ref_view = self.describe(ref_ids[0]) if ref_ids else {}
         use_llm = self.agents is not None and self.cfg.search.analyzer != "rules"
         for c in scored:
-            kind = self._kind(c.id)
+            kind = self.view.kind(c.id)
             folder = self.store.candidate(c.id).dir
             if kind != "proposal":
                 # Baselines, replicas, ablations: measurements, not ideas; no lessons.
                 report = {"analyzer": "none", "analysis": f"{kind}: measured, not analysed",
                           "lessons": []}
             else:
-                cand = self.view(c.id)
-                parents = [self.view(p) for p in c.parents if p in state.candidates]
+                cand = self.describe(c.id)
+                parents = [self.describe(p) for p in c.parents if p in state.candidates]
                 report = None
                 if use_llm:
                     report = self.agents.analyze(

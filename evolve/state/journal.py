@@ -47,6 +47,7 @@ EVENT_STATUS: dict[str, str] = {
     "submit_failed": "submit_failed",
     "running": "running",
     "done": "done",
+    "reused": "done",
     "failed": "failed",
     "lost": "lost",
     "cancelled": "cancelled",
@@ -65,11 +66,24 @@ UNFINISHED = ("created", "proposed", "checked", "submitted", "running", "done", 
               "submit_failed")
 """Statuses of candidates the driver still has work on."""
 
+FAILING = (*DROPPED, "lost", "submit_failed")
+"""Statuses in which a candidate's last journal error describes it now (a candidate that was
+resubmitted and then trained keeps the error of its earlier attempt, which is history)."""
+
 ACTIVE_STATUSES = ("submitted", "running")
 """A candidate in one of these has a job the scheduler may still be running."""
 
-RESUBMITTABLE_STATUSES = ("checked", "submit_failed", "lost", "failed")
-"""A candidate in one of these may be (re)submitted without risking a duplicate training."""
+RESUBMITTABLE_STATUSES = ("checked", "lost", "submit_failed")
+"""A candidate in one of these is (re)submitted by the driver without risking a duplicate
+training: checked, a lost job, or a submission the scheduler refused (or a killed driver left
+without its job id). A failed training is not: it failed on its own merits."""
+
+KINDS = ("baseline", "proposal", "replica", "ablation")
+"""What a candidate is, from its proposal.json: a baseline of the run, a proposal of the search,
+or a follow-up (a replica: the same file with another seed or at a promotion preset; an
+ablation: one change of a proposal reverted)."""
+FOLLOW_UPS = ("replica", "ablation")
+"""Kinds that re-train a design already in the archive: folded into its row, never ranked."""
 
 _COPIED = ("generation", "parents", "island", "fitness", "job_id", "gpu_hours", "requeues",
            "error", "submission")

@@ -1,4 +1,4 @@
-"""The state of one run on the shared filesystem; the only module that knows its layout.
+"""The state of one run on the shared filesystem: creating, opening, writing and locking it.
 
 Usage::
 
@@ -12,16 +12,7 @@ Usage::
     with store.lock("cognition"):                                # inter-process lock (evolve.state.locks)
         ...
 
-Layout of ``state/<run>/`` (nothing else builds these paths)::
-
-    run.yaml             the resolved config, frozen at first start
-    journal.jsonl        append-only events (evolve.state.journal); the source of truth for resume
-    candidates/<id>/     mixer.py proposal.json checks.json job.json train/ result.json
-                         analysis.json error.json llm/
-    cognition/           shared ideas and lessons, changed only under lock("cognition")
-    llm/endpoint.json    where the model server listens (mode 0600: it holds the API key)
-    jobs/<submission>/   submitit's pickles and logs, one folder per job array
-    locks/               lock files
+The layout of a run folder (every file name) is `evolve.state.layout`; `Store` is a `RunLayout`.
 
 Writers: the driver writes the journal and candidate metadata; a job writes only inside its
 own candidate folder (result.json, train/), with `atomic_write_json`.
@@ -32,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import socket
 import time
 from dataclasses import dataclass
@@ -46,12 +36,11 @@ from evolve.state.fsio import (ConfigMismatchError, JournalCorruptError, NotARun
                          atomic_write_bytes, atomic_write_json, atomic_write_text, config_diff,
                          plain, read_json)
 from evolve.state.journal import CandidateState, Journal, Replay, replay_events
+from evolve.state.layout import RUN_FOLDERS, CandidatePaths, RunLayout
 from evolve.state.locks import LOCK_KINDS, LockTimeoutError, RunLock, pid_alive
 
 log = logging.getLogger(__name__)
 
-CANDIDATE_ID = re.compile(r"^c\d{6,}$")
-LOCK_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 @dataclass(kw_only=True)
@@ -77,67 +66,12 @@ class StoreConfig:
             raise ValueError(f"store.lock_timeout_s={self.lock_timeout_s!r} must be > 0")
 
 
-@dataclass(frozen=True)
-class CandidatePaths:
-    """The files of one candidate; a job receives `dir` and writes only below it."""
-
-    id: str
-    dir: Path
-
-    @property
-    def mixer(self) -> Path:
-        return self.dir / "mixer.py"
-
-    @property
-    def proposal(self) -> Path:
-        return self.dir / "proposal.json"
-
-    @property
-    def checks(self) -> Path:
-        return self.dir / "checks.json"
-
-    @property
-    def job(self) -> Path:
-        return self.dir / "job.json"
-
-    @property
-    def train(self) -> Path:
-        return self.dir / "train"
-
-    @property
-    def metrics(self) -> Path:
-        return self.dir / "train" / "metrics.jsonl"
-
-    @property
-    def result(self) -> Path:
-        return self.dir / "result.json"
-
-    @property
-    def analysis(self) -> Path:
-        return self.dir / "analysis.json"
-
-    @property
-    def error(self) -> Path:
-        return self.dir / "error.json"
-
-    @property
-    def llm(self) -> Path:
-        """Stored LLM calls (prompt, response, settings) that produced or analysed this candidate."""
-        return self.dir / "llm"
-
-    @classmethod
-    def of(cls, candidate_dir: str | os.PathLike[str]) -> CandidatePaths:
-        """The paths of a candidate folder given by path (how a job sees its candidate)."""
-        d = Path(candidate_dir)
-        return cls(id=d.name, dir=d)
-
-
-class Store:
+class Store(RunLayout):
     """One run's state folder. Build it with `Store.create` (driver) or `Store.open` (readers)."""
 
     def __init__(self, root: str | os.PathLike[str], cfg: StoreConfig | None = None, *,
                  writer: bool = False) -> None:
-        self.root = Path(root).absolute()
+        super().__init__(root)
         self.cfg = cfg or StoreConfig()
         self._uid: str | None = None
         if self.cfg.group_shareable:
@@ -156,22 +90,18 @@ class Store:
         """A run whose journal is gone while candidate folders remain has lost its history:
         resuming would start it again and forget every candidate, and a view would show an
         empty run. Refuse, naming what is left."""
-        if self.journal_path.exists() or not (self.root / "run.yaml").is_file():
+        if self.journal_path.exists() or not self.run_yaml.is_file():
             return
         folders = sorted(p.name for p in self.candidates_dir.glob("c*") if p.is_dir()) \
             if self.candidates_dir.is_dir() else []
         if folders:
             raise StateError(
                 f"{self.journal_path} is missing, but {len(folders)} candidate folder(s) remain "
-                f"({folders[0]} .. {folders[-1]}): the run's history is gone. Restore "
-                "journal.jsonl (from a backup or a filesystem snapshot); evolve will neither "
-                "restart this run nor show it as empty.")
+                f"({folders[0]} .. {folders[-1]}): the run's history is gone. Rebuild it "
+                f"from the candidate folders with `evolve fsck {self.root} --fix`, or restore "
+                "it from a backup; evolve will neither restart this run nor show it as empty.")
 
-    # Layout. Paths are properties so that no other module joins path strings.
-    @property
-    def name(self) -> str:
-        return self.root.name
-
+    # Layout: the paths come from RunLayout (evolve.state.layout).
     @property
     def uid(self) -> str:
         """A random id given to the run at creation (tells apart runs that share a name)."""
@@ -184,50 +114,7 @@ class Store:
                 self._uid = ""
         return self._uid
 
-    @property
-    def run_yaml(self) -> Path:
-        return self.root / "run.yaml"
-
-    @property
-    def journal_path(self) -> Path:
-        return self.root / "journal.jsonl"
-
-    @property
-    def candidates_dir(self) -> Path:
-        return self.root / "candidates"
-
-    @property
-    def cognition_dir(self) -> Path:
-        return self.root / "cognition"
-
-    @property
-    def llm_dir(self) -> Path:
-        return self.root / "llm"
-
-    @property
-    def endpoint_path(self) -> Path:
-        return self.root / "llm" / "endpoint.json"
-
-    @property
-    def jobs_dir(self) -> Path:
-        return self.root / "jobs"
-
-    @property
-    def locks_dir(self) -> Path:
-        return self.root / "locks"
-
-    def job_folder(self, submission: str) -> Path:
-        """submitit's folder for one submission (one job array): pickles and logs."""
-        if not LOCK_NAME.match(submission):
-            raise ValueError(f"submission name {submission!r} may only contain letters, digits, _ . -")
-        return self.jobs_dir / submission
-
     # Creating and opening.
-    @classmethod
-    def is_run(cls, path: str | os.PathLike[str]) -> bool:
-        """Whether `path` holds an evolve run (a run.yaml)."""
-        return (Path(path) / "run.yaml").is_file()
-
     @classmethod
     def create(cls, root: str | os.PathLike[str], config: dict[str, Any], *,
                cfg: StoreConfig | None = None, force: bool = False,
@@ -261,6 +148,15 @@ class Store:
                     keys = [k for k in keys if not (_dotted_get(old, k, _MISSING) is _MISSING
                                                     and _dotted_get(read_now, k)
                                                     == _dotted_get(new, k))]
+            # Where the run executes (partition, account, qos, time, setup lines) is not what it
+            # studies: those keys follow the run file on resume, journaled; the world size stays.
+            moved = [k for k in keys if k.startswith("launch.") and k not in _WORLD_SIZE_KEYS]
+            keys = [k for k in keys if k not in moved]
+            if moved:
+                store._write_config(_relaunched(old, new))
+                store.record("launch_changed", changes={k: [_dotted_get(old, k),
+                                                            _dotted_get(new, k)] for k in moved})
+                old = store.config()
             if keys and not force:
                 raise ConfigMismatchError(
                     f"{store.run_yaml}: the config differs from the run's frozen config in "
@@ -268,7 +164,7 @@ class Store:
                     "start a new run, or force the change.", keys)
             if keys:
                 changes = {k: [_dotted_get(old, k), _dotted_get(new, k)] for k in keys}
-                atomic_write_text(store.root / f"run.{int(time.time())}.yaml", _yaml(old),
+                atomic_write_text(store.run_yaml_backup(int(time.time())), _yaml(old),
                                   mode=store._file_mode(), fsync=store.cfg.fsync)
                 store._write_config(new)
                 store.record("config_forced", keys=keys, changes=changes)
@@ -284,9 +180,8 @@ class Store:
                 "it. Choose a new run name or an empty folder.")
         store = cls(root, cfg, writer=False)
         store._mkdir(root)
-        for d in (store.candidates_dir, store.cognition_dir, store.llm_dir, store.jobs_dir,
-                  store.locks_dir):
-            store._mkdir(d)
+        for name in RUN_FOLDERS:
+            store._mkdir(store.root / name)
         store.record("run_created", format=1, uid=os.urandom(4).hex(), host=socket.gethostname(),
                      pid=os.getpid())
         # run.yaml last: it marks the folder as a run, so a crash before it leaves a folder that
@@ -308,8 +203,9 @@ class Store:
         if cfg is None:
             from evolve.config.loading import from_dict  # strict keys, errors naming run.yaml
 
-            section = _read_yaml(root / "run.yaml").get("store")
-            cfg = (from_dict(StoreConfig, section, source=str(root / "run.yaml"), prefix="store")
+            layout = RunLayout(root)
+            section = _read_yaml(layout.run_yaml).get("store")
+            cfg = (from_dict(StoreConfig, section, source=str(layout.run_yaml), prefix="store")
                    if isinstance(section, dict) else StoreConfig())
         return cls(root, cfg, writer=writer)
 
@@ -362,25 +258,13 @@ class Store:
         return read_json(self.endpoint_path, None)
 
     # Candidates.
-    def candidate(self, cid: str) -> CandidatePaths:
-        """The paths of candidate `cid` (the folder need not exist)."""
-        if not CANDIDATE_ID.match(cid):
-            raise ValueError(f"candidate id {cid!r} is not valid: expected 'c' and 6+ digits, e.g. c000042")
-        return CandidatePaths(id=cid, dir=self.candidates_dir / cid)
-
-    def candidate_ids(self) -> list[str]:
-        """Ids of the candidate folders on disk, in order."""
-        if not self.candidates_dir.is_dir():
-            return []
-        return sorted(p.name for p in self.candidates_dir.iterdir() if CANDIDATE_ID.match(p.name))
-
     def new_candidate(self, **fields: Any) -> str:
         """Create the next candidate folder (c000000, c000001, ...) and journal its creation.
 
         Safe across processes: the id counter is read and bumped under lock("ids"), and the
         folder is created with an exclusive mkdir, so two callers never get the same id.
         """
-        counter = self.candidates_dir / ".next_id"
+        counter = self.next_id_path
         with self.lock("ids"):
             self._mkdir(self.candidates_dir)
             nxt = read_json(counter, None)
@@ -419,10 +303,6 @@ class Store:
         return replay_events(self.journal.read())
 
     # Locks.
-    @property
-    def driver_holder_path(self) -> Path:
-        return self.locks_dir / "driver.holder.json"
-
     @contextmanager
     def driver_lock(self) -> Iterator[None]:
         """Hold the run's driver lock (the right to write its journal), recording who holds it;
@@ -438,7 +318,7 @@ class Store:
                    if "since" in holder else "an unknown process")
             raise StateError(
                 f"{self.root}: another driver is running this run ({who}; lock "
-                f"{lock.path}). Stop it with `touch {self.root / 'STOP'}` (it stops at its next "
+                f"{lock.path}). Stop it with `touch {self.stop_path}` (it stops at its next "
                 f"safe point) or `kill -TERM {holder.get('pid', 'PID')}` on its host, then run "
                 "again.") from None
         try:
@@ -468,13 +348,8 @@ class Store:
 
     def lock(self, name: str, *, timeout_s: float | None = None) -> RunLock:
         """An inter-process lock named `name` (e.g. "cognition", "driver") in this run."""
-        if not LOCK_NAME.match(name):
-            raise ValueError(f"lock name {name!r} may only contain letters, digits, _ . -")
         self._mkdir(self.locks_dir)
-        # One file name per kind: flock leaves an empty file behind, which a soft lock would take
-        # for a marker held by an unknown owner and wait on forever.
-        suffix = ".lock" if self.cfg.lock == "file" else ".softlock"
-        return RunLock(self.locks_dir / f"{name}{suffix}", kind=self.cfg.lock,
+        return RunLock(self.lock_path(name, soft=self.cfg.lock != "file"), kind=self.cfg.lock,
                        timeout_s=self.cfg.lock_timeout_s if timeout_s is None else timeout_s,
                        mode=self._file_mode(), on_break=self._lock_broken)
 
@@ -508,7 +383,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def _is_partial_run(root: Path) -> bool:
     """Whether `root` is empty or holds only what an interrupted `Store.create` leaves."""
-    ours = {"journal.jsonl", "candidates", "cognition", "llm", "jobs", "locks"}
+    ours = {RunLayout(root).journal_path.name, *RUN_FOLDERS}
     for p in root.iterdir():
         if p.name not in ours or (p.is_dir() and p.name != "locks" and any(p.iterdir())):
             return False
@@ -516,6 +391,18 @@ def _is_partial_run(root: Path) -> bool:
 
 
 _MISSING = object()
+_WORLD_SIZE_KEYS = ("launch.tasks_per_node", "launch.nodes", "launch.gpus_per_task")
+"""Launch keys that shape a training (its processes), so a resume does not take them silently."""
+
+
+def _relaunched(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`old` with the launch section of `new`, but the world-size keys of `old`."""
+    launch = dict(new.get("launch") or {})
+    for key in _WORLD_SIZE_KEYS:
+        name = key.split(".", 1)[1]
+        if name in (old.get("launch") or {}):
+            launch[name] = old["launch"][name]
+    return {**old, "launch": launch}
 
 
 def _dotted_get(d: Any, dotted: str, default: Any = None) -> Any:

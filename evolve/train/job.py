@@ -30,6 +30,7 @@ import submitit
 
 from evolve.config.loading import to_dict
 from evolve.state.fsio import atomic_write_json
+from evolve.state.layout import CandidatePaths
 from evolve.model.contract import MixerLoadError, load_mixer_class, resolve_mixer_path
 from evolve.train.presets import TrainConfig, train_config_from_dict
 from evolve.train.distributed import Ranks, setup_ranks
@@ -178,7 +179,7 @@ def train_candidate(mixer: str | Path, cfg: TrainConfig, folder: Path,
     result["kernel_backends"] = {op: sorted(b) for op, b in sorted(used.items())}
     result["wall_s"] = round(time.time() - started, 2)
     if ranks.is_main:
-        atomic_write_json(folder / "result.json", result)
+        atomic_write_json(CandidatePaths.of(folder).result, result)
     return result
 
 
@@ -200,7 +201,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         self._signals = DeferredSignals()
         self._signals.install()
         try:
-            return train_candidate(folder / "mixer.py", cfg, folder, self._signals,
+            return train_candidate(CandidatePaths.of(folder).mixer, cfg, folder, self._signals,
                                    ranks=ranks)
         finally:
             self._signals.restore()
@@ -216,14 +217,16 @@ class TrainJob(submitit.helpers.Checkpointable):
         return {"_signals": None}
 
 
-def train_foreground(mixer: str, cfg: TrainConfig, folder: Path, preset: str = "") -> dict:
-    """`evolve train`: copy the mixer into `folder`, train with a progress bar, return result."""
+def train_foreground(mixer: str, cfg: TrainConfig, folder: Path, preset: str = "",
+                     checks: dict | None = None) -> dict:
+    """`evolve train`: copy the mixer into `folder`, train with a progress bar, return result.
+    `checks` (what the gates said, or that they were skipped) goes into result.json."""
     from evolve.train.budget import check_token_budget
 
     source = resolve_mixer_path(mixer)
     check_token_budget(cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / "mixer.py"
+    target = CandidatePaths.of(folder).mixer
     if not target.exists() or target.read_bytes() != source.read_bytes():
         if (folder / "train").exists():
             raise ValueError(f"{folder} already holds a training of a different mixer; "
@@ -235,6 +238,10 @@ def train_foreground(mixer: str, cfg: TrainConfig, folder: Path, preset: str = "
         from evolve.train.progress import TrainProgress
 
         with TrainProgress(cfg) as progress:
-            return train_candidate(target, cfg, folder, signals, on_step=progress.update)
+            result = train_candidate(target, cfg, folder, signals, on_step=progress.update)
+        if checks is not None:
+            result["checks"] = checks
+            atomic_write_json(CandidatePaths.of(folder).result, result)
+        return result
     finally:
         signals.restore()

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from evolve.state.layout import CandidatePaths
+
 
 class TrainProgress:
     """`with TrainProgress(cfg) as p: ... p.update(track, step, loss)`."""
@@ -95,4 +97,4 @@ def print_result(result: dict[str, Any], folder: Path, stream: Any = None) -> No
         width = max(len(k) for k, _ in rows)
         for key, value in rows:
             print(f"{key:<{width}}  {value}", file=stream)
-    print(f"result: {folder / 'result.json'}", file=stream)
+    print(f"result: {CandidatePaths.of(folder).result}", file=stream)

@@ -23,55 +23,18 @@ from typing import Any
 
 from evolve.model.space import BASELINE_SPECS, MixerSpec, SpecError
 from evolve.search.followup import nearest_baseline
-from evolve.state.fsio import StateError, read_json
-from evolve.state.journal import DROPPED, TRAINED
+from evolve.state.fsio import StateError
+from evolve.state.journal import ACTIVE_STATUSES, DROPPED, TRAINED
 from evolve.state.store import Store
+from evolve.state.view import FOLLOW_UPS, RunView
 
-FOLLOW_UPS = ("replica", "ablation")
 WHAT_WIDTH = 44
 """Characters of the leaderboard's "what" column; a longer design ends in an ellipsis."""
 
 
-def _open(run: Path) -> Store:
-    return Store.open(run)
-
-
-@dataclass
-class _View:
-    """One read of a run: the store, the journal's replay and every proposal.json."""
-
-    store: Store
-    state: Any
-    proposals: dict[str, dict[str, Any]]
-    damaged: dict[str, str]
-    """Candidates with a file that cannot be read: id -> the file and why. Shown as damaged;
-    one bad file never makes the rest of the run unreadable."""
-
-    @classmethod
-    def load(cls, run: Path) -> _View:
-        store = _open(run)
-        state = store.replay()
-        view = cls(store, state, {}, {})
-        for cid in state.candidates:
-            p = view.read(cid, store.candidate(cid).proposal, {})
-            view.proposals[cid] = p if isinstance(p, dict) else {}
-        return view
-
-    def read(self, cid: str, path: Path, default: Any) -> Any:
-        """A candidate's JSON file, or `default` with the candidate marked damaged."""
-        try:
-            return read_json(path, default)
-        except StateError as exc:
-            self.damaged.setdefault(cid, str(exc))
-            return default
-
-    def kind(self, cid: str) -> str:
-        return str(self.proposals.get(cid, {}).get("kind", "proposal"))
-
-    def derived(self, cid: str, kind: str) -> list[str]:
-        """The replicas or ablations of `cid`, in id order."""
-        return [d for d, p in self.proposals.items()
-                if p.get("kind") == kind and p.get("of") == cid]
+def as_view(run: Path | RunView) -> RunView:
+    """`run` read once: a RunView given is used as it is (the report shares one)."""
+    return run if isinstance(run, RunView) else RunView.open(run)
 
 
 @dataclass
@@ -112,14 +75,14 @@ class Designs:
         return spec
 
 
-def lineage_baseline(cid: str, parents: dict[str, list[str]],
-                     proposals: dict[str, dict[str, Any]]) -> str | None:
+def lineage_baseline(view: RunView, cid: str) -> str | None:
     """The baseline at the root of `cid`'s first-parent chain, by name; None if it is not one."""
+    cands = view.state.candidates
     seen = set()
-    while parents.get(cid) and cid not in seen:
+    while cid in cands and cands[cid].parents and cid not in seen:
         seen.add(cid)
-        cid = parents[cid][0]
-    root = proposals.get(cid, {})
+        cid = cands[cid].parents[0]
+    root = view.proposal(cid) if cid in cands else {}
     return str(root.get("name")) if root.get("kind") == "baseline" and root.get("name") else None
 
 
@@ -168,24 +131,6 @@ def verdict_word(conf: dict[str, Any] | None) -> str:
     return "better" if conf.get("better") else "worse" if conf.get("worse") else "="
 
 
-def confirmations(store: Store, cid: str) -> dict[str | None, dict[str, Any]]:
-    """A candidate's confirmation.json (key None: the run's preset) and confirmation-PRESET.json
-    (key: the preset), as written by the driver."""
-    out: dict[str | None, dict[str, Any]] = {}
-    folder = store.candidate(cid).dir
-    for path in sorted(folder.glob("confirmation*.json")) if folder.is_dir() else []:
-        if path.name == "confirmation.json":
-            preset = None
-        elif path.name.startswith("confirmation-"):
-            preset = path.stem[len("confirmation-"):]
-        else:
-            continue
-        conf = read_json(path, None)
-        if isinstance(conf, dict):
-            out[conf.get("preset") or preset] = conf
-    return out
-
-
 def term(conf: dict[str, Any] | None, name: str = "fitness") -> tuple[Any, Any]:
     """(mean, ci95) of one term of a confirmation or ablation row; None where absent."""
     t = (conf or {}).get(name) or {}
@@ -203,25 +148,33 @@ def llm_calls(folder: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def _reused_note(results: list[dict[str, Any]]) -> str:
+    """"(reused) " when a result came from the site's result cache, not a training of this run
+    ("(2 of 3 reused) " for a baseline's seeds); it leads the "what" column, so it is never cut."""
+    n = sum(1 for r in results if r.get("reused"))
+    if not n:
+        return ""
+    return "(reused) " if n == len(results) else f"({n} of {len(results)} reused) "
+
+
 def _avg(values: list[Any]) -> float | None:
     nums = [float(v) for v in values if isinstance(v, (int, float))]
     return sum(nums) / len(nums) if nums else None
 
 
-def _rows(view: _View) -> list[dict[str, Any]]:
+def _rows(view: RunView) -> list[dict[str, Any]]:
     from evolve.search.fitness import mean_ci
 
     store, state = view.store, view.state
     designs = Designs.of(store)
-    parents = {k: v.parents for k, v in state.candidates.items()}
     rows = []
     baselines: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for c in state.candidates.values():
-        prop = view.proposals.get(c.id, {})
+        prop = view.proposal(c.id)
         kind = view.kind(c.id)
         if kind in FOLLOW_UPS:
             continue
-        result = view.read(c.id, store.candidate(c.id).result, None)
+        result = view.result(c.id)
         if c.id in view.damaged:
             rows.append({"id": c.id, "kind": kind, "status": "damaged", "fitness": None,
                          "label": f"damaged: {view.damaged[c.id]}", "parents": c.parents,
@@ -231,14 +184,14 @@ def _rows(view: _View) -> list[dict[str, Any]]:
                          "reference_seeds": None, "replicas": 0, "verify": {},
                          "members": [c.id]})
             continue
-        if not isinstance(result, dict):
+        if result is None:
             continue
         if kind == "baseline":
             if prop.get("preset") is None:  # promotion-preset baselines are references only
                 baselines.setdefault(str(prop.get("name") or c.id), []).append((c.id, result))
             continue
         m = result.get("metrics", {})
-        confs = confirmations(store, c.id)
+        confs = view.confirmations(c.id)
         conf = confs.get(None)
         if conf is not None:
             mean, ci95 = term(conf)
@@ -250,8 +203,8 @@ def _rows(view: _View) -> list[dict[str, Any]]:
                for v in (c.fitness, m.get("bpb"), m.get("mqar_acc"))):
             # A NaN or infinite metric is a failed training, never a score to rank.
             status_text, fitness_value, mean, ci95 = "failed (non-finite metric)", None, None, None
-        label = design_text(prop, c.parents, designs,
-                            lineage_baseline(c.id, parents, view.proposals))
+        label = _reused_note([result]) + design_text(prop, c.parents, designs,
+                                                     lineage_baseline(view, c.id))
         rows.append({"id": c.id, "kind": kind, "label": label,
                      "status": status_text, "fitness": fitness_value, "bpb": m.get("bpb"),
                      "mqar": m.get("mqar_acc"), "bench": m.get("benchmark_avg"),
@@ -260,7 +213,7 @@ def _rows(view: _View) -> list[dict[str, Any]]:
                      "seeds": seeds, "mean": mean, "ci95": ci95, "verdict": verdict_word(conf),
                      "reference_seeds": (conf or {}).get("reference_seeds"),
                      "replicas": len([r for r in view.derived(c.id, "replica")
-                                      if view.proposals[r].get("preset") is None]),
+                                      if view.proposal(r).get("preset") is None]),
                      "verify": {p: verdict_word(v) for p, v in confs.items() if p is not None},
                      "members": (conf or {}).get("members") or [c.id]})
     for name, members in baselines.items():
@@ -269,7 +222,8 @@ def _rows(view: _View) -> list[dict[str, Any]]:
         mean, half = mean_ci(fits) if fits else (None, None)
         metric = lambda key: _avg([r.get("metrics", {}).get(key) for _, r in members])
         first = cands[0]
-        rows.append({"id": first.id, "kind": "baseline", "label": name, "status": first.status,
+        rows.append({"id": first.id, "kind": "baseline",
+                     "label": _reused_note([r for _, r in members]) + name, "status": first.status,
                      "fitness": clean(mean), "bpb": metric("bpb"), "mqar": metric("mqar_acc"),
                      "bench": metric("benchmark_avg"), "tokens_per_s": metric("tokens_per_s"),
                      "parents": [], "generation": first.generation, "proposer": "baseline",
@@ -280,7 +234,7 @@ def _rows(view: _View) -> list[dict[str, Any]]:
     return rows
 
 
-def leaderboard(run: Path) -> list[dict[str, Any]]:
+def leaderboard(run: Path | RunView) -> list[dict[str, Any]]:
     """Every trained proposal and baseline (replicas and ablations folded in), best first.
 
     `fitness` is a proposal's own score (its first seed); `mean` ± `ci95` over `seeds` is its
@@ -288,15 +242,15 @@ def leaderboard(run: Path) -> list[dict[str, Any]]:
     their seeds at the run's preset (`members`: their candidate ids). `label` is the design,
     not the motivation (`design_text`): a baseline's name, the fields a spec changes of its
     nearest baseline, or "code (parent ID)"."""
-    return _rows(_View.load(run))
+    return _rows(as_view(run))
 
 
 def _phase(status: str) -> str:
     return "done" if status in TRAINED else "failed" if status in DROPPED else "in_flight"
 
 
-def status(run: Path) -> dict[str, Any]:
-    view = _View.load(run)
+def status(run: Path | RunView) -> dict[str, Any]:
+    view = as_view(run)
     store, state = view.store, view.state
     by_status = Counter(c.status for c in state.candidates.values())
     events = list(store.events())
@@ -318,12 +272,12 @@ def status(run: Path) -> dict[str, Any]:
     llm_proposals = fallbacks = 0
     for c in state.candidates.values():
         kind = view.kind(c.id)
-        prop = view.proposals.get(c.id, {})
+        prop = view.proposal(c.id)
         folder = store.candidate(c.id).dir
         if kind in follow:
             follow[kind][_phase(c.status)] += 1
         if kind == "proposal":
-            for preset, conf in confirmations(store, c.id).items():
+            for preset, conf in view.confirmations(c.id).items():
                 word = {"better": "better", "worse": "worse", "=": "same"}[verdict_word(conf)]
                 bucket = confirmed if preset is None else promoted.setdefault(
                     preset, {"candidates": 0, "better": 0, "worse": 0, "same": 0})
@@ -332,30 +286,42 @@ def status(run: Path) -> dict[str, Any]:
             llm_proposals += str(prop.get("proposer", "")).startswith("llm-")
             fallbacks += bool(prop.get("llm_error"))
         calls.update(llm_calls(folder))
-        analysis = read_json(store.candidate(c.id).analysis, None)
+        analysis = view.file(c.id, "analysis")
         if isinstance(analysis, dict) and analysis.get("analyzer"):
             analyzers[str(analysis["analyzer"])] += 1
-    abl = read_json(store.root / "ablation.json", None)
+    abl = view.ablation()
     ablation = None
-    if isinstance(abl, dict):
+    if abl is not None:
         plan = abl.get("plan") or []
         ablation = {"candidate": abl.get("candidate"), "baseline": abl.get("baseline"),
                     "complete": bool(abl.get("complete")), "fields": len(plan),
                     "skipped": sum(1 for p in plan if p.get("note")),
                     "rows": len(abl.get("table") or [])}
-    return {"run": str(run), "candidates": len(state.candidates), "by_status": dict(by_status),
+    return {"run": str(store.root), "candidates": len(state.candidates), "by_status": dict(by_status),
             "generations": max((c.generation or 0 for c in state.candidates.values()), default=0),
-            "in_flight": by_status.get("submitted", 0) + by_status.get("running", 0),
+            "in_flight": sum(by_status.get(s, 0) for s in ACTIVE_STATUSES),
             "gpu_hours": round(sum(c.gpu_hours for c in state.candidates.values()), 4),
             "driver": (f"running (pid {holder.get('pid')} on {holder.get('host')})"
                        if holder else "running" if holder is not None else
                        "died without stopping (no process holds the driver lock)" if started else
                        f"stopped ({last_stop.get('reason')})" if last_stop else "never started"),
+            "novelty_returned": sum(e.get("event") == "novelty_returned" for e in events),
+            "reused": sum(e.get("event") == "reused" for e in events),
             "best": best, "follow_ups": follow, "confirmed": confirmed, "promoted": promoted,
-            "ablation": ablation,
+            "ablation": ablation, "local_trainings": _local_trainings(view),
             "llm": {"source": ready.get("source") if ready else None,
                     "calls": dict(sorted(calls.items())), "proposals": llm_proposals,
                     "fallbacks": fallbacks, "analyzers": dict(sorted(analyzers.items()))}}
+
+
+def _local_trainings(view: RunView) -> list[dict[str, Any]]:
+    """The run's training processes alive on this machine (`evolve stop RUN --jobs` ends them):
+    after a driver stopped they train on, and a resumed driver reattaches to them."""
+    from evolve.launch.job_state import run_processes
+
+    jobs = {c.job_id: c.id for c in view.state.candidates.values() if c.job_id}
+    return [{"pid": p.pid, "candidate": jobs.get(str(p.parent)), "submission": p.submission}
+            for p in run_processes(view.store.jobs_dir) if p.role == "training"]
 
 
 def _fmt(x: Any, spec: str) -> str:
@@ -379,6 +345,14 @@ def print_status(run: Path, as_json: bool = False) -> int:
     print(f"  candidates {s['candidates']} in {s['generations']} generations; in flight "
           f"{s['in_flight']}; GPU-hours {s['gpu_hours']}")
     print("  by status: " + ", ".join(f"{k} {v}" for k, v in sorted(s["by_status"].items())))
+    if s["local_trainings"]:
+        print(f"  live local trainings (`evolve stop {s['run']} --jobs` ends them): " + ", ".join(
+            f"{t['candidate'] or '?'} pid {t['pid']}" for t in s["local_trainings"]))
+    if s["reused"]:
+        print(f"  results reused from the site's result cache (not trained again): {s['reused']}")
+    if s["novelty_returned"]:
+        print(f"  drafts sent back to the proposer as too close to an archived design: "
+              f"{s['novelty_returned']}")
     f = s["follow_ups"]
     if any(sum(v.values()) for v in f.values()):
         print("  follow-ups: " + "; ".join(
@@ -454,20 +428,20 @@ def describe_confirmation(conf: dict[str, Any]) -> str:
 
 
 def print_candidate(run: Path, cid: str, as_json: bool = False) -> int:
-    view = _View.load(run)
+    view = RunView.open(run)
     store, state = view.store, view.state
     if cid not in state.candidates:
         known = ", ".join(list(state.candidates)[-5:])
         raise ValueError(f"{run}: no candidate {cid!r} (latest: {known})")
     paths = store.candidate(cid)
-    confs = confirmations(store, cid)
-    prop = view.proposals.get(cid) or None
+    confs = view.confirmations(cid)
+    prop = view.proposal(cid) or None
     info = {"id": cid, "kind": view.kind(cid), "status": state.candidates[cid].status,
             "fitness": state.candidates[cid].fitness,
             "parents": state.candidates[cid].parents,
-            "proposal": prop, "checks": read_json(paths.checks, None),
-            "result": read_json(paths.result, None), "analysis": read_json(paths.analysis, None),
-            "error": read_json(paths.error, None),
+            "proposal": prop, "checks": view.file(cid, "checks"),
+            "result": view.result(cid), "analysis": view.file(cid, "analysis"),
+            "error": view.file(cid, "error"),
             "confirmation": confs.get(None),
             "promotions": {p: v for p, v in confs.items() if p is not None},
             "replicas": view.derived(cid, "replica"), "ablations": view.derived(cid, "ablation"),
@@ -517,7 +491,7 @@ def print_candidate(run: Path, cid: str, as_json: bool = False) -> int:
         print("replicas: " + ", ".join(info["replicas"]))
     if info["ablations"]:
         print("ablations: " + ", ".join(
-            f"{a} ({view.proposals[a].get('revert')})" for a in info["ablations"]))
+            f"{a} ({view.proposal(a).get('revert')})" for a in info["ablations"]))
     if info["analysis"]:
         print(f"analysis ({info['analysis'].get('analyzer', '?')}): "
               f"{info['analysis'].get('analysis')}")

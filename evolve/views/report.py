@@ -30,11 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from evolve.views.board import (Designs, confirmations, design_text, fmt_ci, leaderboard,
+from evolve.views.board import (Designs, as_view, design_text, fmt_ci, leaderboard,
                                 lineage_baseline, llm_calls, shorten, status, term, verdict_word)
 from evolve.search.followup import nearest_baseline
 from evolve.state.fsio import StateError, atomic_write_bytes, atomic_write_text, read_json
+from evolve.state.journal import FAILING
+from evolve.state.layout import RunLayout
 from evolve.state.store import Store
+from evolve.state.view import RunView
 
 CANDIDATE_REF = re.compile(r"\bc\d{6,}\b")
 FAILURE_EVENTS = {"failed": "training (job failed)", "lost": "training (job lost)",
@@ -137,49 +140,49 @@ def _curves(metrics: Path) -> dict[str, list[tuple[int, float]]]:
     return {t: sorted(steps.items()) for t, steps in by_track.items()}
 
 
-def load_run(run: Path) -> tuple[RunData, list[Candidate]]:
+def load_run(run: Path | RunView) -> tuple[RunData, list[Candidate]]:
     """Everything the report draws, read from the run folder without locks."""
-    store = Store.open(run)
-    state = store.replay()
+    view = as_view(run)
+    store = view.store
     cands: list[Candidate] = []
-    for c in state.candidates.values():
+    for c in view.candidates():
         paths = store.candidate(c.id)
-        prop = _read(paths.proposal) or {}
-        err = _read(paths.error)
+        prop = view.proposal(c.id)
+        err = view.file(c.id, "error")
         cands.append(Candidate(
-            id=c.id, status=c.status, kind=str(prop.get("kind", "proposal")),
+            id=c.id, status=c.status, kind=view.kind(c.id),
             name=str(prop.get("name", "")), generation=c.generation or 0,
             parents=list(c.parents), fitness=c.fitness, gpu_hours=c.gpu_hours, proposal=prop,
-            result=_read(paths.result), checks=_read(paths.checks),
-            analysis=_read(paths.analysis),
+            result=view.result(c.id), checks=view.file(c.id, "checks"),
+            analysis=view.file(c.id, "analysis"),
             error=c.error or (err.get("reason") if isinstance(err, dict) else None),
-            curves=_curves(paths.metrics), confirmations=confirmations(store, c.id),
+            curves=_curves(paths.metrics), confirmations=view.confirmations(c.id),
             llm_calls=llm_calls(paths.dir)))
-    _lineage(store, cands)
-    ablation = _read(run / "ablation.json")
+    for c in cands:  # a file that could not be read is shown, not hidden
+        if c.id in view.damaged and not c.error:
+            c.error = f"damaged: {view.damaged[c.id]}"
+    _lineage(view, cands)
     data = RunData(name=store.name, candidates={c.id: c for c in cands},
                    trained=_trained_order(store, cands), failures=_failures(store, cands),
-                   cognition=_cognition(store),
-                   ablation=ablation if isinstance(ablation, dict) else None)
+                   cognition=_cognition(store), ablation=view.ablation())
     return data, cands
 
 
-def _lineage(store: Store, cands: list[Candidate]) -> None:
+def _lineage(view: RunView, cands: list[Candidate]) -> None:
     """Fill in each candidate's `design` and `anchor`."""
-    designs = Designs.of(store)
-    parents = {c.id: c.parents for c in cands}
-    props = {c.id: c.proposal if isinstance(c.proposal, dict) else {} for c in cands}
+    designs = Designs.of(view.store)
+    known = {c.id for c in cands}
     baseline_node: dict[str, str] = {}
     for c in cands:  # id order: a baseline's node is its first seed at the run's preset
-        if c.kind == "baseline" and c.name and props[c.id].get("preset") is None:
+        if c.kind == "baseline" and c.name and c.proposal.get("preset") is None:
             baseline_node.setdefault(c.name, c.id)
     for c in cands:
-        prefer = lineage_baseline(c.id, parents, props)
-        c.design = design_text(props[c.id], c.parents, designs, prefer)
+        prefer = lineage_baseline(view, c.id)
+        c.design = design_text(c.proposal, c.parents, designs, prefer)
         if c.parents:
-            c.anchor = c.parents[0] if c.parents[0] in parents else None
+            c.anchor = c.parents[0] if c.parents[0] in known else None
             continue
-        spec = designs.spec(props[c.id].get("spec")) if c.kind != "baseline" else None
+        spec = designs.spec(c.proposal.get("spec")) if c.kind != "baseline" else None
         if spec is not None and designs.baselines:
             c.anchor = baseline_node.get(nearest_baseline(spec, designs.baselines, prefer)[0])
 
@@ -514,8 +517,8 @@ def _num(x: Any, spec: str) -> str:
     return "-" if not isinstance(x, (int, float)) else format(x, spec)
 
 
-def _summary(run: Path) -> str:
-    s = status(run)
+def _summary(view: RunView) -> str:
+    s = status(view)
     counts = ", ".join(f"{esc(k)} {v}" for k, v in sorted(s["by_status"].items()))
     best = s.get("best")
     best_text = (f'<a href="#{esc(best["id"])}">{esc(best["id"])}</a> fitness '
@@ -554,11 +557,11 @@ def _summary_more(s: dict[str, Any]) -> str:
     return "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
 
 
-def _leaderboard(run: Path, ids: _Ids) -> str:
+def _leaderboard(view: RunView, ids: _Ids) -> str:
     head = ("rank", "id", "kind", "what", "fitness", "mean ± 95% CI", "seeds", "verdict",
             "promotion", "bpb", "MQAR", "tokens/s", "parents", "gen")
     rows = []
-    for i, r in enumerate(leaderboard(run), start=1):
+    for i, r in enumerate(leaderboard(view), start=1):
         promotion = ", ".join(f"{p}: {w}" for p, w in (r.get("verify") or {}).items()) or "-"
         rows.append(
             f"<tr><td class=num>{i}</td><td>{ids.text(r['id'])}</td><td>{esc(r['kind'])}</td>"
@@ -740,7 +743,7 @@ def _candidate_html(c: Candidate, ids: _Ids) -> str:
         rows.append(("checks", esc(verdict)))
     if c.error:
         # The journal keeps the last error of a candidate that was resubmitted and then trained.
-        failed = c.status in ("rejected", "failed", "lost", "submit_failed", "cancelled")
+        failed = c.status in FAILING
         rows.append(("error" if failed else "earlier error", ids.text(c.error[:1000])))
     table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     analysis = (c.analysis or {}).get("analysis")
@@ -754,7 +757,8 @@ def _candidate_html(c: Candidate, ids: _Ids) -> str:
 def write_report(run: Path, out: Path) -> Path:
     """Write index.html and its PNG plots into `out`; returns the path of index.html."""
     run, out = Path(run), Path(out)
-    data, cands = load_run(run)
+    view = RunView.open(run)  # the run is read once; every section draws from this view
+    data, cands = load_run(view)
     out.mkdir(parents=True, exist_ok=True)
     ids = _Ids(set(data.candidates))
     figures = []
@@ -770,7 +774,7 @@ def write_report(run: Path, out: Path) -> Path:
         f"<!DOCTYPE html><html><head><meta charset=utf-8><title>evolve report: {esc(data.name)}"
         f"</title><style>{CSS}</style></head><body><h1>evolve report: {esc(data.name)}</h1>"
         f"<p class=muted>{esc(run.absolute())}, generated {esc(generated)}</p>"
-        + _summary(run) + "<h2>Leaderboard</h2>" + _leaderboard(run, ids)
+        + _summary(view) + "<h2>Leaderboard</h2>" + _leaderboard(view, ids)
         + _confirmation_section(cands, ids) + _ablation_section(data, ids, out)
         + "".join(figures) + "<h2>Lessons</h2>" + _lessons(cands, data.cognition, ids)
         + "<h2>Candidates</h2>" + "".join(_candidate_html(c, ids) for c in reversed(cands))
@@ -788,7 +792,7 @@ def main_report(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     run = Path(args.run)
     try:
-        index = write_report(run, Path(args.out) if args.out else run / "report")
+        index = write_report(run, Path(args.out) if args.out else RunLayout(run).report_dir)
     except StateError as exc:
         print(f"evolve report: {exc}", file=sys.stderr)
         return 2

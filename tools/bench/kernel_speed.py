@@ -19,6 +19,7 @@ column divides minima, the steadier figure on a CPU shared with other work.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -64,7 +65,29 @@ def make_inputs(
             xs["g"] = F.logsigmoid(randn(B, T, H))
         if op == "gla":
             xs["g"] = F.logsigmoid(randn(B, T, H, K)) / 16
+        xs.update(_modern_inputs(op, xs, randn))
     return {n: x.to(device).requires_grad_() for n, x in xs.items()}
+
+
+def _modern_inputs(op: str, xs: dict[str, torch.Tensor], randn: Callable
+                   ) -> dict[str, torch.Tensor]:
+    """The inputs of the issue-16 ops beyond q, k, v: KDA's per-channel log-decay (Kimi
+    Linear's range) and beta, Gated DeltaProduct's two steps per token with beta in (0, 2),
+    RWKV-7's removal key, in-context learning rate and decay in [-e^{-1/2}, 0]."""
+    B, T, H, K = xs["q"].shape
+    V = xs["v"].shape[-1]
+    if op == "kda":
+        return {"k": F.normalize(xs["k"], dim=-1), "g": F.logsigmoid(randn(B, T, H, K)) / 16,
+                "beta": torch.sigmoid(randn(B, T, H))}
+    if op == "gated_delta_product":
+        n = 2
+        return {"k": F.normalize(randn(B, T * n, H, K), dim=-1), "v": randn(B, T * n, H, V),
+                "g": F.logsigmoid(randn(B, T, H)), "beta": 2 * torch.sigmoid(randn(B, T * n, H))}
+    if op == "generalized_delta_rule":
+        kk = F.normalize(randn(B, T, H, K), dim=-1)
+        return {"a": -kk, "b": kk * torch.sigmoid(randn(B, T, H, K)),
+                "gk": -math.exp(-0.5) * torch.sigmoid(randn(B, T, H, K))}
+    return {}
 
 
 def time_fwd_bwd(fn: Callable[[], torch.Tensor], repeats: int, warmup: int) -> tuple[float, float]:
@@ -137,6 +160,32 @@ def fla_references(op: str, xs: dict[str, torch.Tensor]) -> dict[str, Callable[[
     if op == "gla":
         q, k, v, g = (xs[n] for n in ("q", "k", "v", "g"))
         return {"fla naive_recurrent": lambda: fgla.naive_recurrent_gla(q, k, v, g)[0]}
+    return _modern_fla_references(op, xs)
+
+
+def _modern_fla_references(op: str, xs: dict[str, torch.Tensor]
+                           ) -> dict[str, Callable[[], torch.Tensor]]:
+    """fla's plain-PyTorch functions for the issue-16 ops (see tests/test_modern_kernels.py)."""
+    try:
+        import fla.ops.gated_delta_product.naive as fgdp
+        import fla.ops.generalized_delta_rule.dplr.naive as fdplr
+        import fla.ops.kda.naive as fkda
+    except Exception:
+        return {}
+    if op == "kda":
+        refs = {"fla naive_recurrent": lambda: fkda.naive_recurrent_kda(**xs)[0]}
+        if xs["q"].shape[1] % 64 == 0:
+            refs["fla naive_chunk (C=64)"] = lambda: fkda.naive_chunk_kda(**xs)[0]
+        return refs
+    if op == "gated_delta_product":
+        return {"fla naive_recurrent": lambda: fgdp.naive_recurrent_gated_delta_product(
+            **xs, scale=xs["q"].shape[-1] ** -0.5, num_householder=2)[0]}
+    if op == "generalized_delta_rule":
+        args = [xs[n].transpose(1, 2) for n in ("q", "k", "v", "a", "b", "gk")]
+        refs = {"fla dplr_recurrence": lambda: fdplr.dplr_recurrence(*args)[0]}
+        if xs["q"].shape[1] % 32 == 0:
+            refs["fla dplr_chunkwise (C=32)"] = lambda: fdplr.dplr_chunkwise(*args)[0]
+        return refs
     return {}
 
 
@@ -230,12 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"forward+backward, B={args.B} T={args.T} H={args.H} K={args.K} V={args.V}, {device}, "
           f"torch {torch.__version__}")
     print("speed-up = naive's min / this row's min")
-    print(f"{'op':<18}{'impl':<24}{'min ms':>10}{'median':>10}{'speed-up':>10}  note")
+    print(f"{'op':<24}{'impl':<26}{'min ms':>10}{'median':>10}{'speed-up':>10}  note")
     for r in rows:
         ms = "-" if r.ms is None else f"{r.ms:.1f}"
         min_ms = "-" if r.min_ms is None else f"{r.min_ms:.1f}"
         ratio = "" if r.speedup_vs_naive is None else f"{r.speedup_vs_naive:.1f}x"
-        print(f"{r.op:<18}{r.impl:<24}{min_ms:>10}{ms:>10}{ratio:>10}  {r.note}")
+        print(f"{r.op:<24}{r.impl:<26}{min_ms:>10}{ms:>10}{ratio:>10}  {r.note}")
 
     steps = [] if args.no_tiny_steps else tiny_step_rates(args.repeats)
     if steps:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from evolve.search.fitness import diff_ci, mean_ci
+from evolve.state.layout import CandidatePaths
 
 BASELINES = ("softmax", "gated_deltanet", "deltanet", "gla", "linear_attention")
 SOLVED = 0.9
@@ -38,7 +39,7 @@ def ci95(values: list[float]) -> tuple[float, float, float]:
 
 def run_one(mixer: str, seed: int, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     folder = out / f"{mixer}-s{seed}"
-    result_file = folder / "result.json"
+    result_file = CandidatePaths.of(folder).result
     if result_file.exists():
         result = json.loads(result_file.read_text())
         if result.get("status") == "ok":

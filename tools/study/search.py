@@ -31,7 +31,6 @@ its result, evaluation included; the last life only if it was pre-empted) x torc
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import math
@@ -50,6 +49,7 @@ from evolve.config.loading import to_dict
 from evolve.search.fitness import mqar_accuracy
 from evolve.state.fsio import read_json
 from evolve.state.store import Store
+from evolve.state.view import RunView
 
 METHODS = ("mutator", "random", "llm")
 RUN_NAME = re.compile(r"^search-(?P<method>[a-z_]+)-s(?P<seed>\d+)$")
@@ -94,22 +94,20 @@ def run_search(cfg: Any, method: str, seed: int, force: bool) -> str | None:
 
 def read_run(run: Path) -> dict[str, Any]:
     """The run's proposal trainings in the order they finished, with cost and best-so-far."""
-    store = Store.open(run)
-    state = store.replay()
+    view = RunView.open(run)
+    store, state = view.store, view.state
     config = store.config()
     runtime = config.get("train", {}).get("runtime", {})
     threads = runtime.get("num_threads") or config.get("launch", {}).get("cpus_per_task") or 1
 
-    @functools.cache
     def result_of(cid: str) -> dict[str, Any]:
-        """result.json, read once: both the cost and the scores of a training come from it."""
-        return read_json(store.candidate(cid).result, None) or {}
+        return view.result(cid) or {}
 
     def cpu_hours(cid: str) -> float:
         result = result_of(cid)
         seconds = result.get("wall_s")
         if seconds is None:
-            seconds = (read_json(store.candidate(cid).job, None) or {}).get("elapsed_s") or 0.0
+            seconds = (view.file(cid, "job") or {}).get("elapsed_s") or 0.0
         used = ((result.get("config") or {}).get("runtime") or {}).get("num_threads") or threads
         return float(seconds) * used / 3600.0
 
@@ -123,8 +121,7 @@ def read_run(run: Path) -> dict[str, Any]:
         metrics = result.get("metrics") or {}
         return metrics.get("bpb"), mqar_accuracy(metrics, pairs)
 
-    proposals = {cid: read_json(store.candidate(cid).proposal, {}) or {}
-                 for cid in state.candidates}
+    proposals = {cid: view.proposal(cid) for cid in state.candidates}
     finished: list[str] = []
     gpu: dict[str, float] = {}
     t0 = None
