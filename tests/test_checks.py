@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from evolve.state.layout import CandidatePaths
 from evolve.gates.check import (
-    CHECKS_FILE,
     GATES,
     CheckConfig,
     CheckReport,
@@ -137,8 +137,8 @@ def test_report_roundtrip_and_atomic_write(tmp_path: Path) -> None:
         Verdict(gate="parse", passed=True),
         Verdict(gate="imports", passed=False, message="mixer.py:3: `import os`")])
     target = write_report(report, tmp_path)
-    assert target == tmp_path / CHECKS_FILE
-    assert sorted(os.listdir(tmp_path)) == [CHECKS_FILE]  # no temp file left behind
+    assert target == CandidatePaths.of(tmp_path).checks
+    assert sorted(os.listdir(tmp_path)) == [CandidatePaths.of(tmp_path).checks.name]  # no temp file left behind
     data = json.loads(target.read_text())
     assert data["passed"] is False and data["failed_gate"] == "imports"
     again = read_report(tmp_path)
@@ -424,15 +424,15 @@ def test_check_candidate_writes_checks_json_and_cli(tmp_path: Path,
     (tmp_path / "mixer.py").write_text("import torch\nclass Mixer(torch.nn.Module:\n    pass\n")
     report = check_candidate(tmp_path)
     assert report.failed_gate == "parse"
-    saved = json.loads((tmp_path / CHECKS_FILE).read_text())
+    saved = json.loads((CandidatePaths.of(tmp_path).checks).read_text())
     assert saved["failed_gate"] == "parse" and "mixer.py:2" in saved["verdicts"][0]["message"]
-    (tmp_path / CHECKS_FILE).unlink()
+    (CandidatePaths.of(tmp_path).checks).unlink()
     assert main_check([str(tmp_path / "mixer.py"), "--json"]) == 1
     printed = json.loads(capsys.readouterr().out)
     assert printed["failed_gate"] == "parse"
-    assert not (tmp_path / CHECKS_FILE).exists()  # the CLI writes only with --write
+    assert not (CandidatePaths.of(tmp_path).checks).exists()  # the CLI writes only with --write
     assert main_check([str(tmp_path / "mixer.py"), "--write", "--gates", "parse"]) == 1
-    assert (tmp_path / CHECKS_FILE).exists()
+    assert (CandidatePaths.of(tmp_path).checks).exists()
 
 
 # ---------------------------------------------------------------- the cost gate's rule

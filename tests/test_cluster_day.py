@@ -204,7 +204,8 @@ def _slurm_up() -> None:
 
     if shutil.which("sbatch") is None:
         if os.environ.get("CI"):
-            pytest.fail("CI is set but sbatch is not on PATH: run `bash tools/slurm-local.sh start`")
+            pytest.fail("CI is set but sbatch is not on PATH: "
+                        "run `bash tools/slurm-local.sh start`")
         pytest.skip("no Slurm here; start one with `bash tools/slurm-local.sh start`")
     states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
                             timeout=30).stdout.split()
@@ -298,6 +299,8 @@ def test_dress_rehearsal_driver_job_ends_in_a_leaderboard_and_a_report(tmp_path:
     results = [json.loads(p.read_text()) for p in run_dir.glob("candidates/*/result.json")]
     assert len(results) >= 2 and all(r["status"] == "ok" for r in results), results
     assert all(r.get("world_size") == 2 for r in results)
+    assert {(r["config"]["runtime"]["engine"], r["config"]["runtime"]["precision"],
+             r["config"]["runtime"]["device"]) for r in results} == {("deepspeed", "bf16", "cpu")}
     assert list((run_dir / "report").glob("*.html")), sorted(os.listdir(run_dir))
 
 
@@ -334,3 +337,64 @@ def test_doctor_and_names_of_partition_and_account(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "partition 'gpu-h100' is not one of" in proc.stderr
     run.write_text("preset: tiny\nlaunch: {executor: slurm, partition: debug, account: evolve}\n")
     assert evolve("config", "validate", str(run)).returncode == 0
+
+
+def test_a_model_server_that_comes_up_later_is_used_without_a_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import evolve.search.driver as driver_module
+    from evolve.search.driver import Driver
+
+    class Models(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            body = json.dumps({"object": "list", "data": [{"id": "later-model"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    run = write(tmp_path / "run.yaml", f"name: r\nroot: {tmp_path}\n"
+                "search: {proposer: auto, serve_local: false}\n")
+    driver = Driver(load_run_config(run))
+    monkeypatch.setattr(driver_module, "MODEL_RETRY_S", 0.0)
+    with driver.store.driver_lock():
+        driver._look_for_model()
+        assert driver.agents is None  # nothing serves yet: the mutator proposes
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Models)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        try:
+            driver.store.write_endpoint({"host": "127.0.0.1", "port": httpd.server_address[1],
+                                         "key": "k"})
+            driver._look_for_model()
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+    assert driver.agents is not None and "later-model" in driver.agents.source
+    assert driver.proposer.name.startswith("llm-")
+    assert any(e["event"] == "llm_ready" for e in driver.store.events())
+
+
+def test_promoted_trainings_are_submitted_with_their_own_launch_keys(tmp_path: Path) -> None:
+    import jobs_for_tests as jt
+
+    from evolve.launch.launcher import Launcher
+    from evolve.search.driver import Driver
+
+    store, (cid,) = jt.new_run(tmp_path / "jobs", 1)
+    Launcher(store, jt.launch_config("debug")).submit(
+        [cid], jt.CountingJob(steps=1), {}, launch=jt.launch_config("debug", job_name="promoted"))
+    begun = [e for e in store.events() if e["event"] == "submit_begin"]
+    assert begun[0]["job_name"].startswith("promoted-")
+    run = write(tmp_path / "run.yaml", f"name: r\nroot: {tmp_path}\nsearch:\n  promote: "
+                "{top: 1, preset: explore, launch: {job_name: promoted, partition: gpu}}\n")
+    driver = Driver(load_run_config(run))
+    promoted = driver._launch("explore")
+    assert (promoted.job_name, promoted.partition, promoted.executor) == \
+        ("promoted", "gpu", "local")
+    assert driver._launch("") is None and driver._launch("verify") is None

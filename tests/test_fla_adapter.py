@@ -155,8 +155,74 @@ def test_fla_building_blocks_match_their_definitions() -> None:
     torch.testing.assert_close(o, ref, rtol=1e-4, atol=1e-5)
 
 
+# The cost gate timed at shorter lengths, once each, and lessons retrieved by BM25: the tests'
+# runs stay fast; the census (tools/study/outside.py) gates with the default settings.
+FAST = {"checks": {"cost_lengths": [256, 512, 1024], "cost_repeats": 1},
+        "cognition": {"backend": "bm25"}}
+
+
+def test_fla_ops_take_fla_keywords() -> None:
+    from evolve.kernels import delta_rule, gla
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 13, 2, 8).unbind(0)  # [B, T, H, K]
+    beta = torch.rand(2, 13, 2)
+    ref, _ = delta_rule(M.l2norm(q), M.l2norm(k), v, beta)
+    o, _ = M.fla_delta_rule(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                            beta.transpose(1, 2), head_first=True, use_qk_l2norm_in_kernel=True)
+    torch.testing.assert_close(o.transpose(1, 2), ref)
+    g = -torch.rand(2, 13, 2)
+    o, _ = M.fla_simple_gla(q, k, v, g)
+    torch.testing.assert_close(o, gla(q, k, v, g[..., None].expand_as(q))[0])
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        M.fla_delta_rule(q, k, v, beta, cu_seqlens=torch.tensor([0, 13]))
+
+
+def test_the_census_records_each_design_and_resumes(tmp_path: Path) -> None:
+    args = ["--census", "--names", GATE_FAILING, "--out", str(tmp_path / "out"),
+            "--work", str(tmp_path / "work")]
+    assert outside.main(args) == 0
+    record = tmp_path / "out" / "census" / f"{GATE_FAILING}.json"
+    data = json.loads(record.read_text())
+    assert data["adapted"] and data["failed_gate"] == "imports" and not data["passed"]
+    summary = json.loads((tmp_path / "out" / "census.json").read_text())
+    assert summary["adapted"] == 1 and summary["per_gate"]["imports"] == {
+        "ran": 1, "passed": 0, "failed": 1}
+    (cls,) = summary["failure_classes"]
+    assert cls["class"] == "imports: dunder name '__all__' is not allowed"
+    assert "__all__" in (tmp_path / "out" / "census.md").read_text()
+    before = record.stat().st_mtime_ns
+    assert outside.main(args) == 0  # resumed: a design already recorded is not gated again
+    assert record.stat().st_mtime_ns == before
+
+
+def test_the_remeasure_table_names_imported_designs_beside_their_reported_average(
+        tmp_path: Path) -> None:
+    from conftest import trained_candidate
+
+    store = Store.create(tmp_path / "run", {"name": "outside"})
+    for seed in range(3):  # results written as a finished training leaves them
+        trained_candidate(store, {"kind": "baseline", "name": "deltanet", "seed": seed,
+                                  "code_hash": "base"}, fitness=0.0, bpb=2.0 + seed / 100,
+                          generation=0)
+        trained_candidate(store, {"kind": "proposal", "proposer": "import",
+                                  "name": "delta_net_mor", "seed": seed, "code_hash": "mor"},
+                          fitness=0.0, bpb=1.9 + seed / 100, generation=1)
+    text = outside.remeasure_table(tmp_path / "run", list(DESIGNS.values()), tmp_path / "out",
+                                   min_seeds=3)
+    rows = json.loads((tmp_path / "out" / "remeasure.json").read_text())["rows"]
+    mor = next(r for r in rows if r["design"] == "delta_net_mor")
+    assert mor["versus"] == "deltanet" and mor["better_bpb"]
+    assert mor["asi_arch_reported_average"] == pytest.approx(0.403)
+    assert "delta_net_mor 0.403" in text
+
+
 def _run(tmp_path: Path) -> Path:
-    cfg = load_run_config(mini_config(tmp_path, max_candidates=8))
+    import yaml
+
+    path = mini_config(tmp_path, max_candidates=8)
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **FAST}))
+    cfg = load_run_config(path)
     Driver(cfg)  # creates the run folder and its frozen run.yaml
     return cfg.run_dir
 
@@ -209,7 +275,7 @@ def test_asi_archs_five_best_import_meet_the_gates_and_one_trains(
             checks = json.loads((store.candidate(cid).dir / "checks.json").read_text())
             assert checks["failed_gate"] == expected[0]
     folder = store.candidate(imported[BEST[0]]).dir
-    result = train_candidate(str(folder / "mixer.py"), short(tiny(), 6, 6), tmp_path / "train",
+    result = train_candidate(str(folder / "mixer.py"), short(tiny(), 4, 4), tmp_path / "train",
                              DeferredSignals())
     assert result["status"] == "ok", result.get("traceback")
     assert 0 < result["metrics"]["bpb"] < 9
@@ -256,7 +322,8 @@ def _replaying_server_answers(fake, names: list[str], fix: str) -> None:
     def answer(request: dict) -> str:
         system = request["messages"][0]["content"]
         if system.startswith("You are a careful PyTorch engineer"):
-            return f"Fix: keep the delta rule's inverse in the input's dtype.\n```python\n{fix}```\n"
+            return (f"Fix: keep the delta rule's inverse in the input's dtype.\n"
+                    f"```python\n{fix}```\n")
         name = queue.pop(0) if len(queue) > 1 else queue[0]  # the last one, as often as asked
         return (f"Motivation: replayed ASI-Arch design {name}, written for fla's layer "
                 f"interface.\n```python\n{DESIGNS[name]['program']}```\n")
@@ -281,6 +348,7 @@ def test_code_mode_trains_replayed_fla_layers_and_repairs_one(tmp_path: Path) ->
         data = run_config_dict(tmp_path / "state", steps=4, checkpoint_every=2, search={
             "proposer": "llm", "analyzer": "rules", "serve_local": False, "max_repairs": 1,
             "max_candidates": 4, "generation_size": 4, "baselines": ["deltanet"]})
+        data.update(FAST)
         data["llm"] = {"base_url": fake.base_url, "api_key": fake.key, "model": fake.model,
                        "mode": "code", "attempts": 1, "repair_attempts": 1, "timeout_s": 30}
         path = tmp_path / "replay.yaml"

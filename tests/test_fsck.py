@@ -33,7 +33,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def copy_of(run: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(run, tmp_path / "run"))  # times not kept: as a plain `cp -r`
+    # Times not kept, as by a plain `cp -r`; the name kept, as the frozen config holds it.
+    return Path(shutil.copytree(run, tmp_path / "copy" / run.name, copy_function=shutil.copy))
 
 
 @pytest.mark.slow
@@ -47,7 +48,9 @@ def test_a_deleted_journal_is_rebuilt_and_top_shows_the_same_scores(
     assert refused.returncode == 2 and f"evolve fsck {run} --fix" in refused.stderr
     report = evolve("fsck", str(run))
     assert report.returncode == 1
-    assert f"{run / 'journal.jsonl'}: missing while 4 candidate folder(s) remain" in report.stdout
+    folders = len(list((run / "candidates").glob("c*")))
+    assert f"{run / 'journal.jsonl'}: missing while {folders} candidate folder(s) remain" \
+        in report.stdout
     fixed = evolve("fsck", str(run), "--fix")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     after = evolve("top", str(run), "--json")
@@ -56,7 +59,7 @@ def test_a_deleted_journal_is_rebuilt_and_top_shows_the_same_scores(
     assert evolve("fsck", str(run)).returncode == 0
     # The rebuilt run resumes as finished: nothing is proposed or trained again.
     cfg = yaml.safe_load((run / "run.yaml").read_text())
-    cfg["root"], cfg["name"] = str(run.parent), run.name
+    cfg["root"] = str(run.parent)
     (tmp_path / "again.yaml").write_text(yaml.safe_dump(cfg))
     lines = len((run / "journal.jsonl").read_text().splitlines())
     again = evolve("run", str(tmp_path / "again.yaml"))
@@ -70,17 +73,19 @@ def test_a_deleted_journal_is_rebuilt_and_top_shows_the_same_scores(
 def test_a_corrupt_line_and_an_unreadable_result_are_repaired_without_deleting(
         finished_run: Path, tmp_path: Path) -> None:
     run = copy_of(finished_run, tmp_path)
+    before = {r["id"]: r for r in yaml.safe_load(evolve("top", str(run), "--json").stdout)}
+    target = max(c for c, r in before.items() if r["kind"] == "proposal")
     journal = run / "journal.jsonl"
     lines = journal.read_text().splitlines(keepends=True)
     lines[4] = "garbage{\n"
     journal.write_text("".join(lines))
-    result = run / "candidates" / "c000002" / "result.json"
+    result = run / "candidates" / target / "result.json"
     result.write_text(result.read_text()[:200])
     report = evolve("fsck", str(run))
     assert report.returncode == 1
     assert f"{journal}: corrupt line 5; --fix: rebuild it" in report.stdout
     assert f"{result}: does not parse" in report.stdout
-    assert "--fix: journal c000002 as damaged (the file is kept)" in report.stdout
+    assert f"--fix: journal {target} as damaged (the file is kept)" in report.stdout
     fixed = evolve("fsck", str(run), "--fix")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     backups = list(run.glob("journal.jsonl.*.bak"))
@@ -88,8 +93,28 @@ def test_a_corrupt_line_and_an_unreadable_result_are_repaired_without_deleting(
     assert result.exists()
     top = yaml.safe_load(evolve("top", str(run), "--json").stdout)
     rows = {r["id"]: r for r in top}
-    assert set(rows) == {"c000000", "c000001", "c000002", "c000003"}
-    assert rows["c000002"]["status"] == "damaged"
-    assert rows["c000003"]["fitness"] is not None
+    assert set(rows) == set(before)
+    assert rows[target]["status"] == "damaged"
+    assert all(rows[c]["fitness"] == r["fitness"] for c, r in before.items() if c != target)
     again = evolve("fsck", str(run))
-    assert "c000002 is journaled damaged already" in again.stdout
+    assert f"{target} is journaled damaged already" in again.stdout
+
+
+def test_fix_refuses_a_run_whose_driver_is_running(tmp_path: Path) -> None:
+    import signal
+
+    from test_run_misuse import HOLD, make_run
+
+    _, run = make_run(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        journal = (run / "journal.jsonl").read_bytes()
+        (run / "candidates" / "c000000").mkdir()  # a folder the journal never created
+        out = evolve("fsck", str(run), "--fix")
+        assert out.returncode == 2 and "a driver is running this run" in out.stderr, out.stderr
+        assert (run / "journal.jsonl").read_bytes() == journal
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

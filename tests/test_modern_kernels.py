@@ -1,5 +1,6 @@
-"""The kernels of the modern mixers (issue 16): Kimi Delta Attention (kda), Gated DeltaProduct
-(gated_delta_product) and the generalized delta rule of RWKV-7 (generalized_delta_rule).
+"""The kernels of the modern mixers (issue 16): simple GLA (Mamba-2's state update), Kimi Delta
+Attention (kda), Gated DeltaProduct (gated_delta_product) and the generalized delta rule of
+RWKV-7 (generalized_delta_rule).
 
 Each chunked form against its token-by-token reference (outputs, final states, every gradient)
 in float32 and in bfloat16 (bf16 inputs and CPU autocast), against fla's own reference
@@ -64,7 +65,13 @@ def make_generalized_delta_rule(B, T, dtype=torch.float32, with_state=False, see
     return out
 
 
+def make_simple_gla(B, T, dtype=torch.float32, with_state=False, seed=0, g_scale=1.0, K=16,
+                    V=8):
+    return _attn_inputs(B, T, dtype, with_state, seed, g="head", g_scale=g_scale, K=K, V=V)
+
+
 MAKERS = {
+    "simple_gla": make_simple_gla,
     "kda": make_kda,
     "gated_delta_product": make_gated_delta_product,
     "generalized_delta_rule": make_generalized_delta_rule,
@@ -108,11 +115,20 @@ def test_chunk_in_bfloat16_matches_float32_naive(op, mode, ratio):
     compare(op, inputs, ratio=ratio, atol=0.0, ref_inputs=ref_inputs, mode=mode)
 
 
-@pytest.mark.parametrize("op, kwargs", [("kda", {"chunk_size": 16}),
-                                        ("generalized_delta_rule", {"chunk_size": 32}),
-                                        ("gated_delta_product", {"chunk_size": 16})])
+@pytest.mark.parametrize("op, kwargs", [
+    ("kda", {"chunk_size": 32, "sub_chunk_size": 8}),
+    ("generalized_delta_rule", {"chunk_size": 32}),
+    ("generalized_delta_rule", {"chunk_size": 8, "sub_chunk_size": 8}),  # no sub-chunks
+    ("gated_delta_product", {"chunk_size": 16}),
+])
 def test_other_chunk_sizes(op, kwargs):
     compare(op, MAKERS[op](2, 50, torch.float32, True, seed=3), 1e-5, 1e-5, **kwargs)
+
+
+def test_chunk_size_must_be_a_multiple_of_the_sub_chunk():
+    inputs = MAKERS["kda"](1, 10, torch.float32)
+    with pytest.raises(ValueError, match="chunk_size=12 is not a multiple of sub_chunk_size=8"):
+        impls("kda")[1](**inputs, chunk_size=12, sub_chunk_size=8)
 
 
 def test_gated_delta_product_without_gate_and_three_steps():
@@ -134,7 +150,17 @@ def test_one_householder_step_is_the_gated_delta_rule():
     assert_close("state", s_ref, s, 1e-6)
 
 
+@pytest.mark.parametrize("safe_span", [-1.0, 1e9], ids=["sub-chunks", "factorised"])
 @pytest.mark.parametrize("op", ["kda", "generalized_delta_rule"])
+def test_both_score_paths_match_naive(monkeypatch, op, safe_span):
+    # the chunk's decay span picks the path; force each one in turn
+    from evolve.kernels.generalized_delta_rule import chunk as gdr_chunk
+
+    monkeypatch.setattr(gdr_chunk, "SAFE_SPAN", safe_span)
+    compare(op, MAKERS[op](2, 45, torch.float32, True, seed=8), ratio=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["kda", "generalized_delta_rule", "simple_gla"])
 def test_strong_decay_is_stable(op):
     # log-decays down to about -60 per token: a factorisation through exp(-cumsum) overflows
     inputs = MAKERS[op](2, 40, torch.float32, with_state=True, seed=5, g_scale=30.0)
@@ -190,12 +216,23 @@ def fla_naive():
         import fla.ops.gated_delta_product.naive as gdp
         import fla.ops.generalized_delta_rule.dplr.naive as dplr
         import fla.ops.kda.naive as kda
+        import fla.ops.simple_gla.naive as simple_gla
     except Exception as exc:  # fla or triton missing or broken
         if os.environ.get("CI"):
             pytest.fail(f"fla does not import but CI is set: the fla reference tests must run "
                         f"in CI (install.sh installs the fla extra): {exc}")
         pytest.skip(f"fla does not import: {exc}")
-    return {"kda": kda, "gdp": gdp, "dplr": dplr}
+    return {"kda": kda, "gdp": gdp, "dplr": dplr, "simple_gla": simple_gla}
+
+
+@pytest.mark.fla
+def test_simple_gla_against_fla(fla_naive):
+    inputs = {n: x.detach() for n, x in make_simple_gla(2, 64, with_state=True, seed=10).items()}
+    o, s = kernels.simple_gla(**inputs, output_final_state=True)
+    o_ref, s_ref = fla_naive["simple_gla"].naive_chunk_simple_gla(**inputs,
+                                                                  output_final_state=True)
+    assert_close("simple_gla o", o_ref, o, 1e-5)
+    assert_close("simple_gla state", s_ref, s, 1e-5)
 
 
 @pytest.mark.fla

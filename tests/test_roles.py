@@ -291,3 +291,32 @@ def test_curve_summary():
     assert "lm loss by step: 0: 10, 2: 8, 4: 6, 6: 4, 8: 2 (min 2)" in text
     assert "5 tokens/s" in text
     assert ast.parse(render(PARENT_SPEC))
+
+
+def test_a_draft_sent_back_for_novelty_is_revised_with_the_nearest_design_named(fake, tmp_path):
+    """The driver's novelty return through the model proposer: the same parent, the nearest
+    design as an inspiration, and the reason in the prompt; the answer becomes the new draft."""
+    import random
+
+    from conftest import run_config_dict
+    from evolve.search.llm_roles import Agents, LLMProposer
+    from evolve.search.proposers import ArchiveEntry, Draft
+    import yaml
+
+    from evolve.search.run_config import load_run_config
+
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run_config_dict(tmp_path / "state")))
+    cfg = load_run_config(tmp_path / "run.yaml")
+    nearest = {**PARENT, "id": "c000007", "motivation": "DeltaNet with a scalar decay"}
+    describe = {"c000003": PARENT, "c000007": nearest}.__getitem__
+    proposer = LLMProposer(Agents(client_for(fake), source="test"), cfg, random.Random(0),
+                           describe=describe)
+    fake.script = [("answer", GOOD_EDITS)]
+    first = Draft(code=render(PARENT_SPEC), motivation="almost the same idea", proposer="x",
+                  parents=["c000003"], spec=PARENT_SPEC)
+    archive = [ArchiveEntry(id="c000007", spec=PARENT_SPEC.replace(value_ratio=2), fitness=0.1)]
+    draft = proposer.revise(first, archive[0], "the idea is too close to c000007", archive, 2)
+    prompt = json.dumps(fake.requests[0]["messages"])
+    assert "sent back" in prompt and "c000007" in prompt and "DeltaNet with a scalar" in prompt
+    assert draft is not None and draft.parents == ["c000003"]
+    assert draft.spec == PARENT_SPEC.replace(decay="scalar")

@@ -156,6 +156,7 @@ def test_train_runs_the_gates_first_and_records_a_skip(tmp_path: Path) -> None:
     assert "fatal" not in refused.stderr + forced.stderr
 
 
+@pytest.mark.slow  # eight CLI processes
 def test_a_binary_or_empty_config_or_mixer_is_an_error_naming_the_file(tmp_path: Path) -> None:
     binary = tmp_path / "bin.yaml"
     binary.write_bytes(b"\xff\xfe\x00binary")

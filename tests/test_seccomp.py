@@ -78,8 +78,8 @@ def test_layer_is_off_when_pyseccomp_cannot_be_imported() -> None:
              "print(probe()); print(install_filter())")
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
                          text=True, check=True, timeout=60).stdout.splitlines()
-    assert len(out) == 2 and all(line.startswith("off: libseccomp cannot be loaded (ModuleNotFoundError")
-                                 for line in out), out
+    off = "off: libseccomp cannot be loaded (ModuleNotFoundError"
+    assert len(out) == 2 and all(line.startswith(off) for line in out), out
     assert "apt-get install libseccomp2" in out[0]
 
 

@@ -119,3 +119,26 @@ def test_stop_jobs_checkpoints_every_training_and_a_resumed_run_continues_them(
         lost = [e for e in mine if e["event"] == "lost"]
         assert lost and "stopped by SIGTERM with its checkpoint kept" in lost[0]["error"]
         assert [e["event"] for e in mine].count("submitted") == 2
+
+
+def test_a_local_submission_starts_no_more_trainings_than_the_free_slots(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import jobs_for_tests as jt
+    from evolve.launch.launcher import Launcher
+
+    monkeypatch.setenv("PYTHONPATH", jt.TESTS_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    store, cids = jt.new_run(tmp_path / "run", 5)
+    launcher = Launcher(store, jt.launch_config("local", array_parallelism=2))
+    job = jt.CountingJob(steps=2, step_s=0.2)
+    try:
+        # max_in_flight 4, but two slots: two processes, the other three stay submittable.
+        assert list(launcher.submit(cids, job, {}, max_alive=4)) == cids[:2]
+        assert len([p for p in run_processes(store.jobs_dir) if p.role == "controller"]) == 2
+        assert launcher.submit(cids[2:], job, {}, max_alive=4) == {}
+        launcher.wait(timeout_s=120, poll_s=0.3)
+        assert list(launcher.submit(cids[2:], job, {}, max_alive=1)) == cids[2:3]
+        launcher.wait(timeout_s=120, poll_s=0.3)
+    finally:
+        jt.cleanup(store)
+    state = store.replay()
+    assert [c.status for c in state.candidates.values()] == ["done"] * 3 + ["checked"] * 2

@@ -105,7 +105,10 @@ def test_resume_with_same_config_and_refusal_listing_keys(tmp_path: Path) -> Non
     changed = {"name": "t", "train": {"lr": 0.02, "steps": 10}, "launch": {}, "extra": 1}
     with pytest.raises(ConfigMismatchError) as err:
         Store.create(tmp_path / "run", changed)
-    assert err.value.keys == ["extra", "launch.partition", "train.lr"]
+    # Where it runs (launch.partition) follows the new config, journaled; the rest is refused.
+    assert err.value.keys == ["extra", "train.lr"]
+    assert [e for e in Store.open(tmp_path / "run").events()
+            if e["event"] == "launch_changed"][0]["changes"] == {"launch.partition": ["gpu", None]}
     assert "train.lr" in str(err.value) and "run.yaml" in str(err.value)
     forced = Store.create(tmp_path / "run", changed, force=True)
     assert forced.config() == changed

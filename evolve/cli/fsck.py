@@ -20,6 +20,7 @@ import yaml
 from evolve.state.fsck import Score, check_run, fix_run
 from evolve.state.fsio import NotARunError, StateError, read_json
 from evolve.state.layout import RunLayout
+from evolve.state.locks import LockTimeoutError, RunLock
 
 
 def main_fsck(argv: list[str]) -> int:
@@ -43,10 +44,18 @@ def main_fsck(argv: list[str]) -> int:
         else:
             print(f"{layout.root}: no problems found")
         return 1 if problems else 0
-    if _driver_running(layout):
+    # The repair writes the journal, which only the holder of the driver lock may do.
+    lock = _driver_lock(layout)
+    try:
+        lock.acquire()
+    except LockTimeoutError:
         raise StateError(f"{layout.root}: a driver is running this run; stop it (`evolve stop "
-                         f"{args.run}`) before `evolve fsck --fix`")
-    for action in fix_run(layout, problems, score=_scorer(layout)):
+                         f"{args.run}`) before `evolve fsck --fix`") from None
+    try:
+        actions = fix_run(layout, problems, score=_scorer(layout))
+    finally:
+        lock.release()
+    for action in actions:
         print(f"fixed: {action}")
     left = [p for p in check_run(layout, job_state=_job_state(layout)) if p.action]
     for p in left:
@@ -54,22 +63,35 @@ def main_fsck(argv: list[str]) -> int:
     return 1 if left else 0
 
 
-def _driver_running(layout: RunLayout) -> bool:
+def driver_running(layout: RunLayout) -> bool:
+    """Whether a driver holds the run (a run without a journal has none: Store refuses it)."""
     from evolve.state.store import Store
 
     if not layout.journal_path.exists():
-        return False  # Store.open refuses such a run; no driver can have started it either
+        return False
     return Store.open(layout.root).driver_holder() is not None
+
+
+def _driver_lock(layout: RunLayout) -> RunLock:
+    """The run's driver lock, of the kind its run.yaml names (`Store.lock` needs a journal)."""
+    with open(layout.run_yaml, encoding="utf-8") as f:
+        store = (yaml.safe_load(f) or {}).get("store") or {}
+    kind = store.get("lock", "file") if isinstance(store, dict) else "file"
+    return RunLock(layout.lock_path("driver", soft=kind == "soft"), kind=kind, timeout_s=0)
 
 
 def _job_state(layout: RunLayout) -> Any:
     """Asks the scheduler about a job.json record: (state, active), None if it cannot say."""
-    from evolve.launch.job_state import local_job_info, slurm_job_infos
+    from evolve.launch.job_state import (JobFiles, local_job_info, slurm_job_infos,
+                                         stopped_by_signal)
 
     def ask(record: dict[str, Any]) -> tuple[str, bool] | None:
         job_id, executor = str(record.get("job_id")), record.get("executor")
         if executor == "local":
-            info = local_job_info(job_id, layout.root / str(record.get("folder", "")))
+            folder = layout.root / str(record.get("folder", ""))
+            info = local_job_info(job_id, folder)
+            if not info.active and stopped_by_signal(JobFiles(folder, job_id)):
+                return "stopped by SIGTERM, its checkpoint kept", False
         elif executor == "slurm":
             info = slurm_job_infos([job_id])[job_id]
         else:

@@ -1,4 +1,4 @@
-"""`evolve import FILE --run RUN [--name N] [--layer CLASS]`: bring a design from outside into a run.
+"""`evolve import FILE --run RUN [--name N] [--layer CLASS]`: a design from outside into a run.
 
     evolve import my_layer.py --run state/myrun --name my-gated-delta
 

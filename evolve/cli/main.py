@@ -3,7 +3,9 @@
     evolve run [CONFIG]                                    # the search (default: the demo)
     evolve status [RUN]  /  evolve top [RUN]  /  evolve show ID [--run RUN]
     evolve train --mixer deltanet --preset tiny            # train and score one mixer
-    evolve train --mixer path/to/mixer.py --preset tiny --out state/try1
+    evolve train --mixer path/to/mixer.py --preset tiny --out state/try1   # gates first
+    evolve stop RUN [--jobs]                               # STOP; with --jobs, end its trainings
+    evolve fsck RUN [--fix]                                # check a run folder; repair it
     evolve check FILE                                      # the gates, in a sandbox
     evolve report RUN / evolve doctor / evolve cognition list|search|add|show
     evolve llm serve --run RUN                             # the local llama.cpp model server

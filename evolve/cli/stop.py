@@ -7,7 +7,9 @@ Without --jobs the trainings run on (a resumed driver reattaches to them). With 
 trainings get SIGTERM through their submitit controller: each saves a checkpoint at its next
 step boundary and exits, and the resumed run trains them on from there. Whatever of the run is
 still alive after --grace seconds is killed and named. Slurm jobs get `scancel --signal=TERM`
-(they checkpoint), then `scancel` after the grace period.
+(they checkpoint), then `scancel` after the grace period; once the driver has let go of the run,
+each is journaled `lost` (under the driver lock), so the next `evolve run` submits it again and
+it trains on from its checkpoint.
 
 Exit status: 0 when nothing of the run's trainings is alive at the end, 1 otherwise, 2 on bad
 input (not a run).
@@ -21,6 +23,7 @@ import signal
 import subprocess
 import time
 
+from evolve.cli.fsck import driver_running
 from evolve.launch.job_state import LocalProcess, run_processes
 from evolve.state.fsio import NotARunError, read_json
 from evolve.state.journal import ACTIVE_STATUSES
@@ -43,10 +46,17 @@ def main_stop(argv: list[str]) -> int:
                                 "this file to let `evolve run` go on\n")
     print(f"wrote {layout.stop_path}: the driver stops at its next safe point")
     if not args.jobs:
+        alive = [p for p in run_processes(layout.jobs_dir) if p.role == "training"]
+        if alive:
+            print(f"{len(alive)} local training(s) run on (pids "
+                  f"{', '.join(str(p.pid) for p in alive)}); `--jobs` ends them")
         return 0
     deadline = time.monotonic() + args.grace
+    # The driver first: one still running could submit a training after the scan below.
+    while driver_running(layout) and time.monotonic() < deadline:
+        time.sleep(0.2)
     slurm = _slurm_jobs(layout)
-    for job in slurm:
+    for job in slurm.values():
         _scancel("--signal=TERM", "--full", job)
     procs = run_processes(layout.jobs_dir)
     controllers = {p.pid for p in procs if p.role == "controller"}
@@ -59,12 +69,17 @@ def main_stop(argv: list[str]) -> int:
     for p in left:
         print(f"{p.role} pid {p.pid} ({p.submission}) outlived the grace period: killed")
         _signal(p, signal.SIGKILL)
-    for job in slurm:
+    for job in slurm.values():
         _scancel(job)
+    if slurm:
+        _record_stopped(layout, slurm)
     ended = [p for p in procs if p.role == "training"]
     print(f"{len(ended)} local training(s) ended"
           + (f", {len(slurm)} Slurm job(s) cancelled" if slurm else "")
           + "; `evolve run` on the run file resumes them from their checkpoints")
+    if driver_running(layout):
+        print(f"the driver still holds the run after {args.grace:g}s; it stops at its next "
+              "safe point (`evolve status` names it)")
     return 1 if run_processes(layout.jobs_dir) else 0
 
 
@@ -84,19 +99,36 @@ def _signal(p: LocalProcess, signum: int) -> None:
             pass
 
 
-def _slurm_jobs(layout: RunLayout) -> list[str]:
-    """The Slurm job ids of the run's candidates the journal says are alive."""
+def _slurm_jobs(layout: RunLayout) -> dict[str, str]:
+    """The Slurm job ids of the run's candidates the journal says are alive, by candidate."""
     if not layout.journal_path.exists():
-        return []
+        return {}
     from evolve.state.store import Store
 
     state = Store.open(layout.root).replay()
-    jobs = []
+    jobs = {}
     for c in state.with_status(*ACTIVE_STATUSES):
         record = read_json(layout.candidate(c.id).job, None)
         if isinstance(record, dict) and record.get("executor") == "slurm" and c.job_id:
-            jobs.append(c.job_id)
+            jobs[c.id] = c.job_id
     return jobs
+
+
+def _record_stopped(layout: RunLayout, jobs: dict[str, str]) -> None:
+    """Journal the cancelled Slurm trainings as lost, so that a resumed run submits them again
+    (they resume from their checkpoints); only when no driver holds the run, since the lock
+    holder is the only writer of the journal."""
+    from evolve.state.fsio import StateError
+    from evolve.state.store import Store
+
+    store = Store.open(layout.root, writer=True)
+    try:
+        with store.driver_lock():
+            for cid, job in jobs.items():
+                store.record("lost", cid, job_id=job, error="stopped by `evolve stop --jobs`; "
+                             "the next `evolve run` trains it on from its checkpoint")
+    except StateError:
+        print("a driver holds the run: it records the cancelled Slurm jobs itself")
 
 
 def _scancel(*args: str) -> None:

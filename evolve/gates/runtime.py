@@ -198,7 +198,12 @@ def smoke(ctx: Context) -> Verdict:
     for dtype_name in cfg.interface_dtypes:
         if dtype_name == "float32":
             continue
-        low = copy.deepcopy(mixer).to(DTYPE[dtype_name])
+        # A mixer that keeps non-leaf tensors as attributes (e.g. cached after a forward)
+        # cannot be copied: a verdict naming that, not a crash of the sandbox child.
+        low, err = call(ctx, lambda: copy.deepcopy(mixer).to(DTYPE[dtype_name]))
+        if err:
+            return _fail("smoke", f"copying the trained mixer to {dtype_name} failed: {err} "
+                         "(keep no tensors computed in forward as attributes of the module)")
         with torch.no_grad():
             y_low, err = seeded(ctx, low, x.detach().to(DTYPE[dtype_name]))
         if err:

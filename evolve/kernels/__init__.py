@@ -36,6 +36,7 @@ from .dispatch import (
     kda,
     linear_attn,
     short_conv,
+    simple_gla,
 )
 
 __all__ = [
@@ -51,4 +52,5 @@ __all__ = [
     "kda",
     "linear_attn",
     "short_conv",
+    "simple_gla",
 ]

@@ -32,12 +32,14 @@ from .kda.naive import naive_kda
 from .linear_attn.chunk import chunk_linear_attn
 from .linear_attn.naive import naive_linear_attn
 from .short_conv.chunk import chunk_short_conv
+from .simple_gla.chunk import chunk_simple_gla
+from .simple_gla.naive import naive_simple_gla
 from .short_conv.naive import check_activation, naive_short_conv
 
 ENV_VAR = "EVOLVE_KERNEL_BACKEND"
 BACKENDS = ("naive", "chunk", "fla")
 OPS = ("linear_attn", "delta_rule", "gated_delta_rule", "gla", "short_conv", "kda",
-       "gated_delta_product", "generalized_delta_rule")
+       "gated_delta_product", "generalized_delta_rule", "simple_gla")
 """The public kernel functions of this module, one per op folder of kernels/."""
 
 # None: not tried yet; "": fla imported; otherwise the import error, shown when fla is forced
@@ -236,6 +238,23 @@ def gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False):
     impl = {"naive": naive_gla, "chunk": chunk_gla, "fla": fla_ops.gla}
     return impl[select_backend("gla", q, v)](
         q, k, v, g, scale=scale, initial_state=initial_state, output_final_state=output_final_state
+    )
+
+
+def simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False):
+    """Simple GLA, one decay per head (Mamba-2's state update): S_t = exp(g_t) S_{t-1} +
+    k_t v_t^T; o_t = scale * S_t^T q_t.
+
+    q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H] log-decay (<= 0).
+    Returns (o [B, T, H, V] in v's dtype, final state [B, H, K, V] float32 or None).
+    """
+    _check_qkv("simple_gla", q, k, v)
+    _check_shape("simple_gla", "g", g, tuple(q.shape[:3]), "[B, T, H]")
+    _check_state("simple_gla", initial_state, q, v)
+    impl = {"naive": naive_simple_gla, "chunk": chunk_simple_gla, "fla": fla_ops.simple_gla}
+    return impl[select_backend("simple_gla", q, v)](
+        q, k, v, g, scale=scale, initial_state=initial_state,
+        output_final_state=output_final_state,
     )
 
 

@@ -9,6 +9,7 @@ Conventions mapped here (checked against fla 0.6.0):
   cast back; every fla kernel wants q, k and v in one dtype.
 - `chunk_gated_delta_rule` takes g as log-decay, as we do; `chunk_gla` asserts a float32
   initial state. Decays are passed in float32, since fla accumulates them in float32 anyway.
+- `chunk_simple_gla` takes g as a per-head log-decay [B, T, H] like ours.
 - `chunk_kda` takes g as a per-channel log-decay [B, T, H, K] like ours (its in-kernel gate and
   l2norm stay off); `chunk_dplr_delta_rule` is our generalized delta rule with the same
   (q, k, v, a, b, gk) order; `chunk_gated_delta_product` takes num_householder after beta and
@@ -106,6 +107,18 @@ def gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False):
     dtype = v.dtype
     q, k, v = _same_dtype(q.dtype, q, k, v)
     o, S = chunk_gla(
+        q, k, v, g.float(), scale=scale, initial_state=_state_in(initial_state),
+        output_final_state=output_final_state,
+    )
+    return o.to(dtype), _state_out(S)
+
+
+def simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False):
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    dtype = v.dtype
+    q, k, v = _same_dtype(q.dtype, q, k, v)
+    o, S = chunk_simple_gla(
         q, k, v, g.float(), scale=scale, initial_state=_state_in(initial_state),
         output_final_state=output_final_state,
     )

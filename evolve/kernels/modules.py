@@ -142,7 +142,8 @@ class FlaShortConvolution(nn.Conv1d):
         self.hidden_size = hidden_size
         self.activation = "silu" if activation == "swish" else activation
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,  # type: ignore[override]
+    def forward(self, x: torch.Tensor,  # type: ignore[override]
+                residual: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, cache: torch.Tensor | None = None,
                 output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
                 **kwargs):

@@ -26,13 +26,11 @@ import submitit
 from submitit.core.utils import DelayedSubmission
 
 from evolve.config.loading import choice, positive
+from evolve.launch.job_state import STOPPED_MARK
 from evolve.state.locks import LockTimeoutError, RunLock
 from evolve.state.store import StateError
 
 EXECUTORS = ("debug", "local", "slurm")
-STOPPED_MARK = "evolve: training stopped by"
-"""How a local training stopped by SIGTERM (`evolve stop --jobs`) ends its log: the launcher
-reads it to record the training lost (resubmitted, it resumes from its checkpoint), not failed."""
 STOPPED_EXIT = 128 + signal.SIGTERM
 
 

@@ -36,6 +36,10 @@ ACTIVE_STATES = frozenset({
 SACCT_FIELDS = ("JobID", "State", "ElapsedRaw", "AllocTRES", "ExitCode")
 _GPU_TRES = re.compile(r"(?:^|,)gres/gpu=(\d+)")
 _QUERY_TIMEOUT_S = 60
+STOPPED_MARK = "evolve: training stopped by"
+"""How a local training stopped by SIGTERM (`evolve stop --jobs`) ends its log
+(`executors.stop_on_signal`): the launcher records it lost (resubmitted, it resumes from its
+checkpoint), not failed."""
 
 
 @dataclass
@@ -186,7 +190,8 @@ def local_job_info(job_id: str, folder: str | os.PathLike[str]) -> JobInfo:
 
 def local_task_pids(controller_pid: int) -> list[int]:
     """Pids of the direct children of a process."""
-    return [int(e) for e in os.listdir("/proc") if e.isdigit() and _parent(int(e)) == controller_pid]
+    return [int(e) for e in os.listdir("/proc")
+            if e.isdigit() and _parent(int(e)) == controller_pid]
 
 
 def local_task_processes(controller_pid: int) -> list[int]:
@@ -289,3 +294,8 @@ def tail(path: str | os.PathLike[str], lines: int = 60, max_bytes: int = 64_000)
     except OSError:
         return ""
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def stopped_by_signal(files: JobFiles) -> bool:
+    """Whether the job's training ended on SIGTERM on purpose, its checkpoint saved."""
+    return STOPPED_MARK in tail(files.stderr, lines=5)

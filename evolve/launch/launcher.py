@@ -36,11 +36,12 @@ from typing import Any, Callable, Sequence
 import submitit
 from submitit.core.utils import DelayedSubmission
 
-from evolve.launch.executors import (EXECUTORS, STOPPED_MARK, LaunchConfig, LaunchError, SlotLimited,
+from evolve.launch.executors import (EXECUTORS, LaunchConfig, LaunchError, SlotLimited,
                               SubmissionError, make_executor, sbatch_script, slurm_parameters)
 from evolve.state.journal import ACTIVE_STATUSES, Submission
-from evolve.launch.job_state import (JobFiles, JobInfo, array_master, local_job_info, local_task_processes,
-                              read_outcome, slurm_job_infos, tail)
+from evolve.launch.job_state import (JobFiles, JobInfo, array_master, local_job_info,
+                                     local_task_processes, read_outcome, slurm_job_infos,
+                                     stopped_by_signal, tail)
 from evolve.state.store import StateError, Store, read_json
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class Launcher:
                     f"{cid} is {st.status} (job {st.job_id}); only candidates that are "
                     f"{', '.join(SUBMITTABLE_STATUSES)} may be submitted, so no training runs twice")
         if max_alive is not None:
-            cands = cands[:self._room(max_alive)]
+            cands = cands[:self._room(max_alive, cfg)]
             if not cands:
                 return {}
         name = f"s{len(state.submissions):06d}"
@@ -156,13 +157,13 @@ class Launcher:
             self._record_submitted(cid, name, cfg.executor, job.job_id, folder, attempts[cid])
         return {cid: self._handles[cid].job_id for cid in cands}
 
-    def _room(self, max_alive: int) -> int:
-        """How many more jobs may start now: within `max_alive` live jobs and, locally, within
-        the free slots."""
+    def _room(self, max_alive: int, cfg: LaunchConfig) -> int:
+        """How many more jobs may start now under `cfg`: within `max_alive` live jobs and,
+        locally, within the free slots."""
         room = max_alive - len(self._handles)
-        if self.cfg.executor == "local":
+        if cfg.executor == "local":
             alive = sum(h.executor == "local" for h in self._handles.values())
-            room = min(room, self.cfg.array_parallelism - alive)
+            room = min(room, cfg.array_parallelism - alive)
         return max(0, room)
 
     def _record_submitted(self, cid: str, submission: str, executor: str, job_id: str,
@@ -307,7 +308,7 @@ class Launcher:
                     f"the scheduler has no record of job {h.job_id} ({now - h.submitted:.0f}s "
                     "after submission) and it left no result"))
             return None
-        if h.executor == "local" and STOPPED_MARK in tail(h.files.stderr, lines=5):
+        if h.executor == "local" and stopped_by_signal(h.files):
             # `evolve stop --jobs` (or a SIGTERM by hand): checkpointed and ended on purpose.
             # Lost, not failed: the driver resubmits it and it resumes from its checkpoint.
             return self._finish(h, "lost", info, reason=(

@@ -111,6 +111,7 @@ def _imports(spec: MixerSpec, code: str) -> str:
     lines += ["from einops import rearrange", ""]
     kernel = {("linear", "none"): "linear_attn", ("linear", "channel"): "gla",
               ("delta", "none"): "delta_rule"}
+    kernel.update({("linear", decay): "simple_gla" for decay in ("scalar", "fixed", "learned")})
     if not spec.is_quadratic:
         name = _delta_kernel(spec) or kernel.get((spec.update_rule, spec.decay))
         name = name or ("gla" if spec.update_rule == "linear" else "gated_delta_rule")
@@ -337,9 +338,10 @@ class _Body:
             call = "kda(q, k, v, g, beta)  # [B, T, H, V]"
         elif s.update_rule == "linear" and s.decay == "none":
             call = "linear_attn(q, k, v)  # [B, T, H, V]"
+        elif s.update_rule == "linear" and per_head:
+            call = "simple_gla(q, k, v, g)  # [B, T, H, V]"
         elif s.update_rule == "linear":
-            g = "g.unsqueeze(-1).expand_as(q)" if per_head else "g"
-            call = f"gla(q, k, v, {g})"
+            call = "gla(q, k, v, g)"
         elif per_head:
             call = "gated_delta_rule(q, k, v, g, beta)  # [B, T, H, V]"
         else:

@@ -12,6 +12,10 @@ from evolve.gates.check import check_candidate, check_file
 from evolve.state.layout import CandidatePaths
 
 
+MAX_INCOMPLETE_GATES = 3
+"""Sandbox failures on one candidate before it is rejected rather than retried."""
+
+
 class CheckSteps:
     """Gating and repair, as steps of the driver (see the module docstring)."""
 
@@ -19,8 +23,15 @@ class CheckSteps:
         folder = self.store.candidate(cid).dir
         report = check_candidate(folder, self.cfg.checks, model=self._model_cfg())
         if report.sandbox.get("incomplete"):
-            # The sandbox itself failed (not the candidate): leave it proposed, retry later.
+            # The sandbox itself failed: leave it proposed and retry later, a few times only,
+            # since a crash that repeats on the same file is the file's doing.
+            tries = 1 + sum(1 for e in self.store.events()
+                            if e.get("event") == "gate_incomplete" and e.get("candidate") == cid)
             self.store.record("gate_incomplete", cid, detail=str(report.sandbox)[:500])
+            if tries >= MAX_INCOMPLETE_GATES:
+                self.store.record("checked", cid, passed=False, failed_gate="sandbox",
+                                  error=f"the gates' sandbox failed {tries} times on this file: "
+                                        f"{str(report.sandbox)[:400]}")
             return
         failed = report.verdict(report.failed_gate) if report.failed_gate else None
         if failed is not None and self._repairable(cid):

@@ -40,6 +40,9 @@ from evolve.state.view import RunView
 
 log = logging.getLogger(__name__)
 
+MODEL_RETRY_S = 120.0
+"""How often a driver with proposer auto and no model looks for a model server again."""
+
 class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, FollowUpSteps):
     def __init__(self, cfg: RunConfig, *, force: bool = False,
                  proposer: Proposer | None = None, train_job: Callable[..., Any] | None = None,
@@ -68,6 +71,7 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, FollowUpSteps):
         self.proposer = proposer or self._default_proposer()
         self.agents: Any = None
         self.started = time.time()
+        self._model_asked = time.time()  # when a model server was last looked for
 
     def _default_proposer(self) -> Proposer:
         if self.cfg.search.proposer == "random":
@@ -92,6 +96,15 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, FollowUpSteps):
         if not self._given_proposer:
             self.proposer = LLMProposer(self.agents, self.cfg, self.rng, describe=self.describe,
                                         cognition=self._cognition())
+
+    def _look_for_model(self) -> None:
+        """proposer auto without a model: a server that came up since (slurm/llm.sbatch writes
+        endpoint.json when it answers) takes over the proposals, without a restart."""
+        if self.agents is not None or self.cfg.search.proposer != "auto" \
+                or time.time() - self._model_asked < MODEL_RETRY_S:
+            return
+        self._model_asked = time.time()
+        self._start_agents()
 
     def _cognition(self) -> Any:
         from evolve.agents.cognition import Cognition
@@ -137,6 +150,7 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, FollowUpSteps):
         if self._should_stop():  # asked to stop: collect what finished, start nothing new
             return progressed
         progressed |= self._follow_up()
+        self._look_for_model()
         progressed |= self._propose_if_room()
         progressed |= self._submit_checked()
         return progressed

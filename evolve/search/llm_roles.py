@@ -242,3 +242,28 @@ class LLMProposer:
                 tried[code_hash(draft.code)] = "an earlier proposal of this generation"
             drafts.extend(new)
         return drafts
+
+    def revise(self, draft: Draft, nearest: ArchiveEntry | None, reason: str,
+               archive: list[ArchiveEntry], generation: int) -> Draft | None:
+        """The driver's novelty return: the same parent, the nearest archived design shown as
+        an inspiration, and the reason as feedback; None when the model gives nothing usable
+        (the driver then keeps the first draft, labelled as a near-duplicate)."""
+        from evolve.agents.researcher import propose
+
+        parent_id = draft.parents[0] if draft.parents else (nearest.id if nearest else None)
+        if parent_id is None:
+            return None
+        others = [self.describe(nearest.id)] if nearest is not None else []
+        feedback = (f"Your last proposal ({draft.motivation.strip()[:300]}) was sent back: "
+                    f"{reason}. Propose a design that differs from "
+                    f"{nearest.id if nearest else 'it'} in substance.")
+        tried = {e.spec.digest(): e.id for e in archive if e.spec is not None}
+        result = propose(self.agents.client, self.describe(parent_id), inspirations=others,
+                         mode=self.mode, tried=tried, feedback=feedback)
+        if not result.ok:
+            return None
+        info = result.proposal_json()
+        return Draft(code=result.code, motivation=result.motivation, parents=[parent_id],
+                     proposer=self.name, spec=result.spec, records=result.records,
+                     extra={k: v for k, v in info.items()
+                            if k not in ("motivation", "parents", "proposer", "spec")})

@@ -37,7 +37,8 @@ def _site_launch() -> tuple[str, dict[str, Any]] | None:
         return site, {}
     if not isinstance(launch, dict):
         raise ConfigError(f"{site}:{lines.get('launch', '?')}: 'launch' is {launch!r}; in a site "
-                          "file it must be a mapping of LaunchConfig keys (slurm/site.example.yaml)")
+                          "file it must be a mapping of LaunchConfig keys "
+                          "(slurm/site.example.yaml)")
     check_keys(LaunchConfig, launch, site, lines, "launch")
     return site, launch
 
@@ -79,23 +80,21 @@ def _gpu_less(launch: LaunchConfig) -> bool:
 def check_runnable(cfg: Any, source: str = "run file") -> None:
     """Refuse a run config whose trainings cannot run where it sends them (a RunConfig read
     from `source`)."""
-    where = "launch.gpus_per_task"
     if cfg.train.runtime.device == "cuda" and _gpu_less(cfg.launch):
         raise ConfigError(
-            f"{source}: preset {cfg.preset!r} trains on CUDA (train.runtime.device: cuda) but {where} is 0 "
-            "under executor slurm, so its trainings get no GPU: set launch.gpus_per_task: 1 and a "
-            "GPU launch.partition (in the run file or the site file's launch:), or train on CPU "
-            "(train.runtime.device: cpu)")
+            f"{source}: preset {cfg.preset!r} trains on CUDA (train.runtime.device: cuda) but "
+            "launch.gpus_per_task is 0 under executor slurm, so its trainings get no GPU: set "
+            "launch.gpus_per_task: 1 and a GPU launch.partition (in the run file or the site "
+            "file's launch:), or train on CPU (train.runtime.device: cpu)")
     promote = cfg.search.promote
-    check_keys(LaunchConfig, promote.launch, source, {},
-               "search.promote.launch")
-    promoted = promote_launch(cfg)
-    if promote.top and promote.train_config().runtime.device == "cuda" and _gpu_less(promoted):
+    check_keys(LaunchConfig, promote.launch, source, {}, "search.promote.launch")
+    if promote.top and promote.train_config().runtime.device == "cuda" \
+            and _gpu_less(promote_launch(cfg)):
         raise ConfigError(
-            f"{source}: search.promote re-trains at preset {promote.preset!r}, which trains on CUDA, but "
-            f"the launch section it would use gives no GPU ({where}: 0 under executor slurm): "
-            "give the promotion its own launch keys, e.g. search.promote.launch: "
-            "{partition: gpu, gpus_per_task: 1}")
+            f"{source}: search.promote re-trains at preset {promote.preset!r}, which trains on "
+            "CUDA, but the launch section it would use gives no GPU (launch.gpus_per_task: 0 "
+            "under executor slurm): give the promotion its own launch keys, e.g. "
+            "search.promote.launch: {partition: gpu, gpus_per_task: 1}")
 
 
 def promote_launch(cfg: Any) -> LaunchConfig:

@@ -183,11 +183,12 @@ def _check_jobs(layout: RunLayout, replay: Replay, job_state: JobState) -> list[
         if answer is None or answer[1]:
             continue
         done = paths.result.exists()
-        problems.append(Problem(paths.job, f"job {st.job_id} of {st.id} is {answer[0]} for the "
-                                f"scheduler but {st.status} in the journal"
+        problems.append(Problem(paths.job, f"job {st.job_id} of {st.id} is {st.status} in the "
+                                f"journal, but the scheduler says: {answer[0]}"
                                 + (" (its result.json is there)" if done else ""),
                                 "nothing; `evolve run` collects it" if done else
-                                "nothing; `evolve run` records it failed or lost"))
+                                "nothing; `evolve run` records it failed, or lost (and trains it "
+                                "on) when it was stopped"))
     return problems
 
 

@@ -8,8 +8,8 @@
 A CPU training is deterministic for a given mixer file, resolved training config (which holds
 the seed) and library versions, so its result can stand in for a second training: the
 baselines of every run, and a design re-proposed in another run, train once per site. The key
-is the SHA-256 of those three; an entry is a folder named by the key holding `result.json` and
-the training's `metrics.jsonl`, written atomically (a temporary folder renamed into place), so
+is the SHA-256 of those three; an entry is a folder named by the key, laid out as a candidate
+folder (its result and its training's metrics; `CandidatePaths`), written atomically (a temporary folder renamed into place), so
 two drivers filling the same key at once leave one whole entry. Entries are never changed.
 """
 
@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from evolve.state.fsio import StateError, atomic_write_json, read_json
+from evolve.state.layout import CandidatePaths
 
-RESULT_FILE = "result.json"
-METRICS_FILE = "metrics.jsonl"
 SOURCE_FILE = "source.json"
+"""Where an entry's training ran (its candidate folder), beside the candidate-like files."""
 VERSIONED = ("torch", "evolve", "numpy", "flash-linear-attention")
 """Distributions whose version is part of a training's key: a new version may change results."""
 
@@ -67,17 +67,16 @@ class ResultCache:
     def get(self, key: str) -> dict[str, Any] | None:
         """{"result": result.json, "source": where it was trained, "metrics": Path | None},
         or None when the key is absent or its entry unreadable (then it is trained again)."""
-        entry = self.entry(key)
+        entry = CandidatePaths.of(self.entry(key))
         try:
-            result = read_json(entry / RESULT_FILE, None)
-            source = read_json(entry / SOURCE_FILE, None) or {}
+            result = read_json(entry.result, None)
+            source = read_json(entry.dir / SOURCE_FILE, None) or {}
         except StateError:
             return None
         if not isinstance(result, dict) or result.get("status") != "ok":
             return None
-        metrics = entry / METRICS_FILE
         return {"result": result, "source": source.get("source"),
-                "metrics": metrics if metrics.is_file() else None}
+                "metrics": entry.metrics if entry.metrics.is_file() else None}
 
     def put(self, key: str, result: dict[str, Any], metrics: Path | None, *, source: str) -> bool:
         """Store a successful training once; False when it was already there (or failed)."""
@@ -88,11 +87,13 @@ class ResultCache:
             return False
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=entry.parent))
+        files = CandidatePaths.of(tmp)  # an entry is laid out as a candidate folder
         try:
-            atomic_write_json(tmp / RESULT_FILE, result)
+            atomic_write_json(files.result, result)
             atomic_write_json(tmp / SOURCE_FILE, {"source": source, "key": key})
             if metrics is not None and metrics.is_file():
-                shutil.copyfile(metrics, tmp / METRICS_FILE)
+                files.train.mkdir()
+                shutil.copyfile(metrics, files.metrics)
             os.rename(tmp, entry)  # atomic; fails if another writer got there first
             return True
         except OSError:

@@ -226,14 +226,10 @@ class MetricsLog:
         self._scalars(row)
 
 
-def run_track(name: str, cfg: TrackConfig, runtime: RuntimeConfig, mixer_cls: type,
-              batches: Batches, folder: Path, seed: int, signals: DeferredSignals,
-              mixer_source: str = "mixer", on_step: Callable[[int, float], None] | None = None,
-              ranks: Ranks = Ranks()) -> TrackOutcome:
-    """Train one track to its budget, resuming from `folder/<name>/` if a checkpoint is there.
-
-    With N ranks, `batches(step)` gives this rank's rows of the global batch; every rank runs
-    this function, rank 0 alone writes the metrics."""
+def _prepare(cfg: TrackConfig, runtime: RuntimeConfig, mixer_cls: type, mixer_source: str,
+             seed: int, signals: DeferredSignals, ranks: Ranks) -> tuple[Any, Any, Any, int]:
+    """Seeds, device, threads, the process group and the engine around a fresh model:
+    (device, group, engine, number of parameters)."""
     seed_everything(seed)
     device = pick_device(runtime, ranks)
     if runtime.num_threads and device.type == "cpu":
@@ -242,21 +238,42 @@ def run_track(name: str, cfg: TrackConfig, runtime: RuntimeConfig, mixer_cls: ty
     group = init_process_group(ranks, device.type)
     signals.group, signals.device = group, device
     model = LanguageModel(cfg.model, mixer_cls, mixer_source)
-    num_params = count_params(model)
+    engine = make_engine(model, cfg.optim, cfg.total_steps(), runtime, device, micro,
+                         accumulation, ranks, group)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    return device, group, engine, count_params(model)
+
+
+def _open_metrics(path: Path, track: str, start: int, ranks: Ranks) -> MetricsLog:
+    """The track's metrics log; on a resume at `start`, rows of later steps (written after
+    the checkpoint a killed run resumes from) are dropped and the resume is logged."""
+    metrics = MetricsLog(path, enabled=ranks.is_main)
+    if start:
+        metrics.purge_step = start + 1
+        metrics.truncate_after(track, start)
+        metrics.write({"event": "resume", "track": track, "step": start, "time": time.time()})
+    return metrics
+
+
+def run_track(name: str, cfg: TrackConfig, runtime: RuntimeConfig, mixer_cls: type,
+              batches: Batches, folder: Path, seed: int, signals: DeferredSignals,
+              mixer_source: str = "mixer", on_step: Callable[[int, float], None] | None = None,
+              ranks: Ranks = Ranks()) -> TrackOutcome:
+    """Train one track to its budget, resuming from `folder/<name>/` if a checkpoint is there.
+
+    With N ranks, `batches(step)` gives this rank's rows of the global batch; every rank runs
+    this function, rank 0 alone writes the metrics."""
+    device, group, engine, num_params = _prepare(cfg, runtime, mixer_cls, mixer_source, seed,
+                                                 signals, ranks)
     total = cfg.total_steps()
-    engine = make_engine(model, cfg.optim, total, runtime, device, micro, accumulation, ranks,
-                         group)
     ckpt_dir = folder / name
-    metrics = MetricsLog(folder / "metrics.jsonl", enabled=ranks.is_main)
     extra = engine.load(ckpt_dir) or {}
     start = extra.get("step", 0)
     tokens = extra.get("tokens", 0)
     elapsed = extra.get("elapsed", 0.0)
     last_loss = extra.get("loss", float("nan"))
-    if start:
-        metrics.purge_step = start + 1
-        metrics.truncate_after(name, start)
-        metrics.write({"event": "resume", "track": name, "step": start, "time": time.time()})
+    metrics = _open_metrics(folder / "metrics.jsonl", name, start, ranks)
 
     state = {"step": start}
 
@@ -274,8 +291,6 @@ def run_track(name: str, cfg: TrackConfig, runtime: RuntimeConfig, mixer_cls: ty
     t0 = time.time()
     train_time = 0.0
     step_tokens = cfg.batch_size * cfg.seq_len
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     status, reason = "done", ""
     for step in range(start, total):
         with signals.step():
@@ -294,11 +309,10 @@ def run_track(name: str, cfg: TrackConfig, runtime: RuntimeConfig, mixer_cls: ty
                 status, reason = "diverged", f"loss {last_loss} at step {step + 1}"
             if (step + 1) % cfg.log_every == 0 or step + 1 == total or status != "done":
                 metrics.write({"track": name, "step": step + 1, "loss": last_loss,
-                               "lr": out["lr"], "grad_norm": out["grad_norm"],
-                               "tokens": tokens,
-                               "tokens_per_s": step_tokens * (step + 1 - start) / max(train_time, 1e-9),
-                               "mem_mb": round(peak_memory_mb(device), 1),
-                               "time": time.time()})
+                               "lr": out["lr"], "grad_norm": out["grad_norm"], "tokens": tokens,
+                               "tokens_per_s": step_tokens * (step + 1 - start)
+                               / max(train_time, 1e-9),
+                               "mem_mb": round(peak_memory_mb(device), 1), "time": time.time()})
             if status != "done":
                 break
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:

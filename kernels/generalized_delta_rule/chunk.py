@@ -8,56 +8,84 @@ products (strictly lower triangular):  (I - A_ab) X = A_ak V + (a exp(bp)) S_0, 
 lower-triangular solve per chunk for X = U + W S_0 (the WY / UT form, as for the delta rule).
 The output is o = (q exp(bc)) S_0 + A_qk V + A_qb X, with decays exp(bc_t - bc_s), s <= t.
 
-Each decayed product is formed from factors exp(non-positive) only (see `decayed_scores`), so
-strong decays underflow to zero and never overflow.
+The decayed products are plain matmuls through the chunk's start when the chunk's decay is
+moderate (`factorised_scores`, SAFE_SPAN), and otherwise are formed from factors
+exp(non-positive) only (`decayed_scores`), so strong decays underflow to zero and never overflow.
 """
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..utils import (as_float, default_scale, float32_region, matmul_add, solve_unit_lower,
-                     to_chunks)
+from ..utils import (as_float, causal_mask, default_scale, float32_region, matmul_add,
+                     solve_unit_lower, to_chunks)
 
 
-def decayed_scores(x: torch.Tensor, ex: torch.Tensor, by: torch.Tensor, ys: list[torch.Tensor],
-                   strict: bool, sub_chunk_size: int) -> list[torch.Tensor]:
-    """Per chunk, [sum_k x_tk y_sk exp(ex_tk - by_sk)]_{t, s} for s < t (`strict`) or s <= t,
-    zero above, for each y; x, ex, by, y: [..., C, K] with ex_t <= by_s wherever s is kept.
+def decayed_scores(queries: list[tuple[torch.Tensor, torch.Tensor, bool]], by: torch.Tensor,
+                   ys: list[torch.Tensor], sub_chunk_size: int) -> list[list[torch.Tensor]]:
+    """Per chunk, for each (x, ex, strict) of `queries` and each y of `ys`, the [C, C] matrix
+    [sum_k x_tk y_sk exp(ex_tk - by_sk)]_{t, s} for s < t (`strict`) or s <= t, zero above;
+    x, ex, by, y: [..., C, K] with ex_t <= by_s wherever s is kept.
 
     As fla's kernels (and chunk_gla) do, the chunk is cut into sub-chunks of c tokens:
     - query sub-chunk i against keys of earlier sub-chunks is one matmul through the reference
       point r_i = by at the last token before sub-chunk i, both factors exp(ex_t - r_i) and
-      exp(r_i - by_s) having non-positive exponents;
+      exp(r_i - by_s) having non-positive exponents (the key side is shared by all queries);
     - a sub-chunk against its own keys uses the exact decay, a [c, c, K] tensor of
       exp(non-positive) values (the excluded triangle is -inf before exp: no inf, no NaN
       gradient), element-wise rather than an einsum of tiny matmuls.
     """
-    C, c = x.shape[-2], sub_chunk_size
-    if C % c:
-        raise ValueError(f"chunk_size={C} is not a multiple of sub_chunk_size={c}")
+    C, c = by.shape[-2], sub_chunk_size
     m = C // c
-    xs_, exs, bys = (rearrange(u, "... (m c) k -> ... m c k", c=c) for u in (x, ex, by))
-    drop = torch.ones(c, c, dtype=torch.bool, device=x.device).triu(0 if strict else 1)
-    D = (exs[..., :, None, :] - bys[..., None, :, :]).masked_fill_(drop[..., None], float("-inf"))
-    xE = xs_[..., :, None, :] * D.exp()  # [..., m, c, c, K]
+    sub = lambda u: rearrange(u, "... (m c) k -> ... m c k", c=c)  # noqa: E731
+    bys, ys_sub = sub(by), [sub(y) for y in ys]
     # the diagonal blocks placed in a [C, C] matrix: block (i, j) kept only for i == j
-    eye = torch.eye(m, dtype=x.dtype, device=x.device)[:, None, :, None]  # [m, 1, m, 1]
+    eye = torch.eye(m, dtype=by.dtype, device=by.device)[:, None, :, None]  # [m, 1, m, 1]
     if m > 1:
         ref = bys[..., :-1, -1:, :]  # [..., m-1, 1, K]: by just before sub-chunks 1 .. m-1
-        x_ref = xs_[..., 1:, :, :] * (exs[..., 1:, :, :] - ref).exp()  # [..., m-1, c, K]
-        starts = torch.arange(1, m, device=x.device) * c
-        after = torch.arange(C, device=x.device)[None, :] >= starts[:, None]  # [m-1, C]
+        starts = torch.arange(1, m, device=by.device) * c
+        after = torch.arange(C, device=by.device)[None, :] >= starts[:, None]  # [m-1, C]
         y_decay = (ref - by[..., None, :, :]).masked_fill_(after[..., None], float("-inf")).exp()
+        y_refs = [(y[..., None, :, :] * y_decay).transpose(-1, -2) for y in ys]  # [.., m-1, K, C]
     out = []
-    for y in ys:
-        ys_ = rearrange(y, "... (m c) k -> ... m c k", c=c)
-        diag = (xE * ys_[..., None, :, :]).sum(-1)  # [..., m, c, c]
-        scores = rearrange(diag[..., :, :, None, :] * eye, "... i t j s -> ... (i t) (j s)")
+    for x, ex, strict in queries:
+        xs_, exs = sub(x), sub(ex)
+        drop = torch.ones(c, c, dtype=torch.bool, device=x.device).triu(0 if strict else 1)
+        D = (exs[..., :, None, :] - bys[..., None, :, :]).masked_fill_(drop[..., None],
+                                                                       float("-inf"))
+        xE = xs_[..., :, None, :] * D.exp()  # [..., m, c, c, K]
         if m > 1:
-            off = x_ref @ (y[..., None, :, :] * y_decay).transpose(-1, -2)  # [..., m-1, c, C]
-            scores = scores + F.pad(rearrange(off, "... i t s -> ... (i t) s"), (0, 0, c, 0))
-        out.append(scores)
+            x_ref = xs_[..., 1:, :, :] * (exs[..., 1:, :, :] - ref).exp()  # [..., m-1, c, K]
+        row = []
+        for j, y_sub in enumerate(ys_sub):
+            diag = (xE * y_sub[..., None, :, :]).sum(-1)  # [..., m, c, c]
+            scores = rearrange(diag[..., :, :, None, :] * eye, "... i t j s -> ... (i t) (j s)")
+            if m > 1:
+                off = rearrange(x_ref @ y_refs[j], "... i t s -> ... (i t) s")  # [.., C - c, C]
+                scores = scores + F.pad(off, (0, 0, c, 0))
+            row.append(scores)
+        out.append(row)
+    return out
+
+
+# Largest total log-decay of a chunk (over channels) for which the scores are factorised through
+# the chunk's start: the key side then grows to at most exp(SAFE_SPAN) ~ 2e17, far from float32's
+# overflow; RWKV-7's decay (>= -0.61 per token) stays under it for chunks of 64 tokens.
+SAFE_SPAN = 40.0
+
+
+def factorised_scores(queries: list[tuple[torch.Tensor, torch.Tensor, bool]], by: torch.Tensor,
+                      ys: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """`decayed_scores` for chunks whose decay spans at most SAFE_SPAN: exp(ex_t - by_s) =
+    exp(ex_t) exp(-by_s) (by is the cumulative log-decay from the chunk's start, so exp(ex_t)
+    <= 1 and exp(-by_s) <= exp(SAFE_SPAN)), one plain matmul per matrix."""
+    C = by.shape[-2]
+    y_grow = [(y * (-by).exp()).transpose(-1, -2) for y in ys]  # [..., K, C]
+    out = []
+    for x, ex, strict in queries:
+        mask = causal_mask(C, x, diagonal=-1 if strict else 0)
+        x_decay = x * ex.exp()
+        out.append([(x_decay @ y) * mask for y in y_grow])
     return out
 
 
@@ -82,6 +110,8 @@ def chunk_generalized_delta_rule(
     dtype = v.dtype
     scale = default_scale(scale, K)
     C = chunk_size
+    if C % sub_chunk_size:
+        raise ValueError(f"chunk_size={C} is not a multiple of sub_chunk_size={sub_chunk_size}")
     q, k, v, a, b, gk, S = as_float(q, k, v, a, b, gk, initial_state)
     # one contiguous [B, H, N, C, D] copy each (zero padding leaves the state unchanged)
     q, k, v, a, b, gk = (to_chunks(x, C) for x in (q, k, v, a, b, gk))
@@ -90,9 +120,12 @@ def chunk_generalized_delta_rule(
     with float32_region(q):
         bc = gk.cumsum(-2)  # [B, H, N, C, K]: cumulative log-decay, inclusive
         bp = bc - gk  # exclusive: the decay a_t's read of S_{t-1} has seen
-        c = sub_chunk_size
-        A_ak, A_ab = decayed_scores(a, bp, bc, [k, b], True, c)  # [B, H, N, C, C], s < t
-        A_qk, A_qb = decayed_scores(q, bc, bc, [k, b], False, c)  # [B, H, N, C, C], s <= t
+        # [B, H, N, C, C] each: a against k and b for s < t, q against them for s <= t
+        queries = [(a, bp, True), (q, bc, False)]
+        if -bc[..., -1, :].min().item() <= SAFE_SPAN:
+            (A_ak, A_ab), (A_qk, A_qb) = factorised_scores(queries, bc, [k, b])
+        else:  # strong decays: sub-chunks keep every exponent non-positive
+            (A_ak, A_ab), (A_qk, A_qb) = decayed_scores(queries, bc, [k, b], sub_chunk_size)
         wu = solve_unit_lower(-A_ab, torch.cat([a * bp.exp(), A_ak @ v], dim=-1))
         w, u = wu[..., :K], wu[..., K:]  # X = u + w S_0: [B, H, N, C, K], [B, H, N, C, V]
         bc_last = bc[..., -1:, :]  # [B, H, N, 1, K]

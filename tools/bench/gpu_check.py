@@ -186,6 +186,19 @@ def make_inputs(op: str, B: int, T: int, H: int, K: int, V: int, device: str, dt
             args["g"] = -F.softplus(rnd(B, T, H)) * 0.1
         if op == "gla":
             args["g"] = F.logsigmoid(rnd(B, T, H, K)) / 16
+        if op == "simple_gla":
+            args["g"] = -F.softplus(rnd(B, T, H)) * 0.1
+        if op == "kda":  # issue 16's ops: KDA, Gated DeltaProduct (n_h = 2), RWKV-7's rule
+            args.update(q=l2_norm(q).to(dtype), k=l2_norm(k).to(dtype),
+                        beta=rnd(B, T, H).sigmoid().to(dtype), g=F.logsigmoid(rnd(B, T, H, K)) / 16)
+        if op == "gated_delta_product":
+            args.update(q=l2_norm(q).to(dtype), k=l2_norm(rnd(B, 2 * T, H, K)).to(dtype),
+                        v=rnd(B, 2 * T, H, V).to(dtype), g=-F.softplus(rnd(B, T, H)) * 0.1,
+                        beta=(2 * rnd(B, 2 * T, H).sigmoid()).to(dtype))
+        if op == "generalized_delta_rule":
+            kk = l2_norm(rnd(B, T, H, K))
+            args.update(a=(-kk).to(dtype), b=(kk * rnd(B, T, H, K).sigmoid()).to(dtype),
+                        gk=-math.exp(-0.5) * rnd(B, T, H, K).sigmoid())
     return {n: t.detach().requires_grad_(True) for n, t in args.items()}
 
 
@@ -198,8 +211,10 @@ def upstream(op: str, args: dict):
     """A fixed random output gradient, like fla's tests (not a loss that depends on o)."""
     torch = _torch()
     x = args["x"] if op == "short_conv" else args["v"]
+    # o is [B, T, H, V] with q's T (gated_delta_product's v has n_h steps per token)
+    shape = x.shape if op == "short_conv" else (*args["q"].shape[:3], x.shape[-1])
     g = torch.Generator(device="cpu").manual_seed(1)
-    return torch.randn(*x.shape, generator=g).to(x.device)
+    return torch.randn(*shape, generator=g).to(x.device)
 
 
 def run_op(op: str, args: dict, backend: str, do=None, backward: bool = True,
@@ -678,17 +693,17 @@ def print_summary(report: dict[str, Any], a: argparse.Namespace) -> None:
         print("\ndefault backend per op (dispatcher 'auto', training call):")
         for op, info in auto.items():
             reason = f"  ({info['reason'][:160]})" if info.get("reason") else ""
-            print(f"  {op:<18}{info.get('backend')!s:<8}{reason}")
+            print(f"  {op:<24}{info.get('backend')!s:<8}{reason}")
 
     kern = report.get("kernels", {})
     rows = kern.get("kernels", [])
     if rows:
         print(f"\nkernels vs float32 reference (relative norm error; ok: out <= {a.tol}, "
               f"grad <= {a.grad_tol}), dtype {a.dtype}:")
-        print(f"  {'op':<18}{'backend':<8}{'out err':>10}{'grad err':>10}  result")
+        print(f"  {'op':<24}{'backend':<8}{'out err':>10}{'grad err':>10}  result")
     for r in rows:
         if "error" in r and not r.get("errors"):
-            print(f"  {r['op']:<18}{'':<8}{'':>10}{'':>10}  FAIL {r['error'][-300:]}")
+            print(f"  {r['op']:<24}{'':<8}{'':>10}{'':>10}  FAIL {r['error'][-300:]}")
             continue
         for backend, e in r.get("errors", {}).items():
             if e.get("disagrees"):
@@ -699,18 +714,18 @@ def print_summary(report: dict[str, Any], a: argparse.Namespace) -> None:
             else:
                 status = "ok"
             note = "; ".join(x for x in (e.get("note", ""), e.get("error", "")[:150]) if x)
-            print(f"  {r['op']:<18}{backend:<8}{fmt(e.get('out'), '.2e', 10)}"
+            print(f"  {r['op']:<24}{backend:<8}{fmt(e.get('out'), '.2e', 10)}"
                   f"{fmt(e.get('grad_max'), '.2e', 10)}  {status}{'  ' + note if note else ''}")
     if rows and any("speed" in r for r in rows):
         shape = next((r["speed_shape"] for r in rows if "speed_shape" in r), None)
         print(f"\nchunk vs fla at the explore shape B,T,H,D={shape} (ms, median; ratio = "
               "chunk / fla, >1: fla faster):")
-        print(f"  {'op':<18}{'chunk fwd':>10}{'fla fwd':>10}{'ratio':>7}{'chunk f+b':>11}"
+        print(f"  {'op':<24}{'chunk fwd':>10}{'fla fwd':>10}{'ratio':>7}{'chunk f+b':>11}"
               f"{'fla f+b':>10}{'ratio':>7}{'chunk~fla':>11}")
         for r in rows:
             sp = r.get("speed", {})
             c, f = sp.get("chunk", {}), sp.get("fla", {})
-            print(f"  {r['op']:<18}{fmt(c.get('fwd_ms'), '.2f', 10)}"
+            print(f"  {r['op']:<24}{fmt(c.get('fwd_ms'), '.2f', 10)}"
                   f"{fmt(f.get('fwd_ms'), '.2f', 10)}"
                   f"{fmt(r.get('fwd_ratio_chunk_over_fla'), '.2f', 7)}"
                   f"{fmt(c.get('fwdbwd_ms'), '.2f', 11)}{fmt(f.get('fwdbwd_ms'), '.2f', 10)}"

@@ -119,6 +119,7 @@ def failure_class(gate: str, message: str) -> str:
         first = message.strip().split("\n")[0]
     first = re.sub(r"\S+\.py(:\d+)*:? ", "", first)
     first = re.sub(r"(?<!\w)\d+([.,]\d+)*(e[-+]?\d+)?", "#", first)
+    first = re.sub(r"#(\.\.#)?(, #(\.\.#)?)+", "#", first)  # lists of positions
     return f"{gate}: {first[:90]}"
 
 
@@ -135,8 +136,9 @@ def summarize(records: list[dict[str, Any]], gates: tuple[str, ...]) -> dict[str
         failures = [("adapter", r["adapt_error"])] if not r.get("adapted") else \
             [(v["gate"], v["message"]) for v in r["verdicts"] if not v["passed"]]
         for gate, message in failures:
-            entry = classes.setdefault(failure_class(gate, message), {
-                "gate": gate, "count": 0, "example": r["name"], "reason": message})
+            key = failure_class(gate, message)
+            entry = classes.setdefault(key, {"gate": gate, "class": key, "count": 0,
+                                             "example": r["name"], "reason": message})
             entry["count"] += 1
     return {"designs": len(records), "adapted": len(adapted),
             "not_adapted": {r["name"]: r["adapt_error"] for r in records if not r.get("adapted")},
@@ -147,6 +149,9 @@ def summarize(records: list[dict[str, Any]], gates: tuple[str, ...]) -> dict[str
 
 def census_markdown(summary: dict[str, Any]) -> str:
     lines = [f"# ASI-Arch's {summary['designs']} designs through evolve's adapter and gates", "",
+             "Made by `.venv/bin/python tools/study/outside.py --census` (default CheckConfig, "
+             "explore backbone, every gate whose prerequisites passed); one record per design "
+             "in `census/`.", "",
              f"- adapted (imported as candidates): {summary['adapted']} of {summary['designs']}",
              f"- passed every gate: {summary['passed_all']} of {summary['adapted']} adapted", "",
              "| gate | ran | passed | failed |", "|---|---|---|---|"]
@@ -154,7 +159,10 @@ def census_markdown(summary: dict[str, Any]) -> str:
               for g, c in summary["per_gate"].items()]
     lines += ["", "## Failure classes (one example each)", ""]
     for c in summary["failure_classes"]:
-        reason = c["reason"].strip().replace("\n", " / ")[:300]
+        lines_of = c["reason"].strip().split("\n")
+        # A crash's output: its first line says where, its last line the exception.
+        reason = lines_of[0][:240] + (f" [...] {lines_of[-1][:240]}" if len(lines_of) > 2
+                                      and "exited with status" in lines_of[0] else "")
         lines.append(f"- **{c['gate']}** ({c['count']}x), e.g. `{c['example']}`: {reason}")
     for name, why in summary["not_adapted"].items():
         lines.append(f"- not adapted: `{name}`: {why}")
@@ -250,6 +258,9 @@ def remeasure_table(run: Path, designs: list[dict[str, Any]], out: Path,
         if proposal.get("proposer") == "import":
             design["name"] = proposal["name"]
     rows = compare(found, min_seeds)
+    if not rows:
+        return (f"{run}: no imported design and baseline has {min_seeds} seeds yet; run the "
+                "commands --remeasure-setup printed\n")
     for row in rows:
         row["asi_arch_reported_average"] = reported.get(row["design"])
     out.mkdir(parents=True, exist_ok=True)

@@ -7,11 +7,13 @@
 
 For each method and seed it runs a whole search with `evolve.search.driver.Driver` in
 `<out>/search-<method>-s<seed>/` (the run config of `--config`, default the embedded demo, with
-search.seed = seed and search.max_candidates = --trainings): `mutator` and `llm` set
+search.seed = seed and search.max_candidates = --trainings): `mutator`, `independent` (the
+mutator applied to the reference baseline alone: no archive, sampling or lessons) and `llm` set
 search.proposer, `random` passes `evolve.search.random_search.RandomProposer` to the driver. A method
 the driver refuses (e.g. llm before it is wired in) is recorded as an error and the study goes
-on. Every run trains its own baselines (the driver's behaviour), so baselines are trained once
-per run; their cost is reported apart and left out of the curves. Rerunning resumes unfinished
+on. Runs under one --out share the site's result cache: a baseline (or a design) trained with the
+same seed in an earlier run is reused, not trained again (journaled `reused`, no CPU-hours);
+baseline cost is reported apart and left out of the curves. Rerunning resumes unfinished
 runs and returns quickly from finished ones; a changed config (e.g. more --trainings) is
 refused by the run unless --force.
 
@@ -51,7 +53,7 @@ from evolve.state.fsio import read_json
 from evolve.state.store import Store
 from evolve.state.view import RunView
 
-METHODS = ("mutator", "random", "llm")
+METHODS = ("mutator", "random", "independent", "llm")
 RUN_NAME = re.compile(r"^search-(?P<method>[a-z_]+)-s(?P<seed>\d+)$")
 ERRORS_FILE = "errors.json"
 """Runs that raised, by run name: kept across reruns so that --summarize-only still knows."""

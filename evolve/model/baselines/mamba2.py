@@ -3,10 +3,9 @@ writes it.
 
 An additive (linear-attention) state with a data-dependent scalar decay per head:
 S <- a_t S + k_t v_t^T, a_t = exp(g_t), g_t = -exp(A) * softplus(w_a x_t + dt_bias); k and q
-play Mamba-2's B and C, v its x. This is GLA with one gate per head (fla's simple_gla), so it
-runs on the GLA kernel with the gate repeated over the key channels. Simplified against the
-Mamba-2 block: no dt-scaled input (the space has no such choice) and q, k, v from separate
-projections with a short convolution each. Output RMS-normalised per head, gated by silu(w_g x).
+play Mamba-2's B and C, v its x. This is GLA with one gate per head (fla's simple_gla).
+Simplified against the Mamba-2 block: no dt-scaled input (the space has no such choice) and
+q, k, v from separate projections with a short convolution each. Output RMS-normalised per head, gated by silu(w_g x).
 """
 
 import math
@@ -16,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from evolve.kernels import gla
+from evolve.kernels import simple_gla
 from evolve.kernels.modules import GatedRMSNorm, ShortConvolution
 
 
@@ -48,7 +47,7 @@ class Mixer(nn.Module):
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
         q, k, v = (rearrange(t, "b t (h d) -> b t h d", h=self.num_heads) for t in (q, k, v))
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias)
-        o, _ = gla(q, k, v, g.unsqueeze(-1).expand_as(q))  # one decay per head: [B, T, H, V]
+        o, _ = simple_gla(q, k, v, g)  # g: [B, T, H], one decay per head; o: [B, T, H, V]
         gate = rearrange(self.g_proj(x), "b t (h d) -> b t h d", h=self.num_heads)
         o = self.o_norm(o, gate)
         return self.o_proj(rearrange(o, "b t h d -> b t (h d)"))
