@@ -160,6 +160,22 @@ def test_both_score_paths_match_naive(monkeypatch, op, safe_span):
     compare(op, MAKERS[op](2, 45, torch.float32, True, seed=8), ratio=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("safe_span", [-1.0, 1e9], ids=["sub-chunks", "factorised"])
+def test_b_none_is_removal_along_the_write_key(monkeypatch, safe_span):
+    from evolve.kernels.generalized_delta_rule import chunk as gdr_chunk
+
+    monkeypatch.setattr(gdr_chunk, "SAFE_SPAN", safe_span)
+    inputs = make_generalized_delta_rule(2, 45, torch.float32, True, seed=6)
+    del inputs["b"]
+    naive, chunk = impls("generalized_delta_rule")
+    o_ref, s_ref, g_ref = run_with_grads(lambda **kw: naive(b=-kw["k"], **kw), inputs)
+    o, s, g = run_with_grads(lambda **kw: chunk(b=None, **kw), inputs)
+    assert_close("o", o_ref, o, 1e-5, 1e-5)
+    assert_close("state", s_ref, s, 1e-5, 1e-5)
+    for name in inputs:
+        assert_close(f"d{name}", g_ref[name], g[name], 1e-5, 1e-5)
+
+
 @pytest.mark.parametrize("op", ["kda", "generalized_delta_rule", "simple_gla"])
 def test_strong_decay_is_stable(op):
     # log-decays down to about -60 per token: a factorisation through exp(-cumsum) overflows

@@ -24,12 +24,15 @@ def chunk_delta_rule(
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
-    chunk_size: int = 64,
+    chunk_size: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Same contract as `naive_delta_rule`; computes in float32, returns o in v's dtype.
 
     Under autocast the WY solve and the state recurrence stay in float32 and only the output
     path (q k^T, q S, attn u) runs in the autocast dtype (see utils.py).
+
+    `chunk_size` 32 (was 64): forward + backward on one CPU thread, 10-25% faster at T=256
+    (B=8) and T=1024 (B=4), H=4, K=V=32 (issue 16's profile; docs/BASELINES.md).
     """
     B, T, H, K = q.shape
     V = v.shape[-1]

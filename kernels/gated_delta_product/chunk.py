@@ -32,7 +32,7 @@ def chunk_gated_delta_product(
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
-    chunk_size: int = 64,
+    chunk_size: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Same contract as `naive_gated_delta_product`; computes in float32, returns o in v's
     dtype."""

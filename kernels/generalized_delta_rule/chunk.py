@@ -94,7 +94,7 @@ def chunk_generalized_delta_rule(
     k: torch.Tensor,
     v: torch.Tensor,
     a: torch.Tensor,
-    b: torch.Tensor,
+    b: torch.Tensor | None,
     gk: torch.Tensor,
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
@@ -104,7 +104,10 @@ def chunk_generalized_delta_rule(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Same contract as `naive_generalized_delta_rule`; computes in float32, returns o in v's
     dtype. Under autocast everything but the last products of the output runs in float32
-    (the decayed score matrices feed the solve and the state)."""
+    (the decayed score matrices feed the solve and the state).
+
+    b=None means b = -k, the removal along the write key (KDA): half the score matrices.
+    """
     B, T, H, K = q.shape
     V = v.shape[-1]
     dtype = v.dtype
@@ -112,27 +115,32 @@ def chunk_generalized_delta_rule(
     C = chunk_size
     if C % sub_chunk_size:
         raise ValueError(f"chunk_size={C} is not a multiple of sub_chunk_size={sub_chunk_size}")
+    tied = b is None
     q, k, v, a, b, gk, S = as_float(q, k, v, a, b, gk, initial_state)
     # one contiguous [B, H, N, C, D] copy each (zero padding leaves the state unchanged)
-    q, k, v, a, b, gk = (to_chunks(x, C) for x in (q, k, v, a, b, gk))
+    q, k, v, a, gk = (to_chunks(x, C) for x in (q, k, v, a, gk))
+    b = None if tied else to_chunks(b, C)
     q = q * scale
 
     with float32_region(q):
         bc = gk.cumsum(-2)  # [B, H, N, C, K]: cumulative log-decay, inclusive
         bp = bc - gk  # exclusive: the decay a_t's read of S_{t-1} has seen
         # [B, H, N, C, C] each: a against k and b for s < t, q against them for s <= t
-        queries = [(a, bp, True), (q, bc, False)]
+        queries, keys = [(a, bp, True), (q, bc, False)], [k] if tied else [k, b]
         if -bc[..., -1, :].min().item() <= SAFE_SPAN:
-            (A_ak, A_ab), (A_qk, A_qb) = factorised_scores(queries, bc, [k, b])
+            (A_ak, *A_ab), (A_qk, *A_qb) = factorised_scores(queries, bc, keys)
         else:  # strong decays: sub-chunks keep every exponent non-positive
-            (A_ak, A_ab), (A_qk, A_qb) = decayed_scores(queries, bc, [k, b], sub_chunk_size)
-        wu = solve_unit_lower(-A_ab, torch.cat([a * bp.exp(), A_ak @ v], dim=-1))
+            (A_ak, *A_ab), (A_qk, *A_qb) = decayed_scores(queries, bc, keys, sub_chunk_size)
+        # (I - A_ab) X = A_ak V + (a exp(bp)) S_0; with b = -k, A_ab = -A_ak
+        wu = solve_unit_lower(A_ak if tied else -A_ab[0],
+                              torch.cat([a * bp.exp(), A_ak @ v], dim=-1))
         w, u = wu[..., :K], wu[..., K:]  # X = u + w S_0: [B, H, N, C, K], [B, H, N, C, V]
         bc_last = bc[..., -1:, :]  # [B, H, N, 1, K]
         to_end = (bc_last - bc).exp()  # decay from each token to the chunk's end
         # the writes k v^T of each chunk, decayed to its end, for every chunk at once
-        kv = (k * to_end).transpose(-1, -2) @ v  # [B, H, N, K, V]
-        b_end = (b * to_end).transpose(-1, -2)  # [B, H, N, K, C]
+        k_end = k * to_end
+        kv = k_end.transpose(-1, -2) @ v  # [B, H, N, K, V]
+        b_end = (-k_end if tied else b * to_end).transpose(-1, -2)  # [B, H, N, K, C]
         chunk_decay = bc_last.exp().transpose(-1, -2)  # [B, H, N, K, 1]
 
         if S is None:
@@ -148,7 +156,10 @@ def chunk_generalized_delta_rule(
         S_in = torch.stack(states, dim=2)  # [B, H, N, K, V]
         X = torch.stack(xs, dim=2)  # [B, H, N, C, V]
 
-    attn = torch.cat([A_qk, A_qb], dim=-1)  # [B, H, N, C, 2C]
-    o = matmul_add(attn @ torch.cat([v, X], dim=-2), q * bc.exp(), S_in)
+    if tied:  # A_qk V + A_qb X with A_qb = -A_qk
+        o = matmul_add(A_qk @ (v - X), q * bc.exp(), S_in)
+    else:
+        attn = torch.cat([A_qk, A_qb[0]], dim=-1)  # [B, H, N, C, 2C]
+        o = matmul_add(attn @ torch.cat([v, X], dim=-2), q * bc.exp(), S_in)
     o = rearrange(o, "b h n c d -> b (n c) h d")[:, :T]
     return o.to(dtype), (S if output_final_state else None)

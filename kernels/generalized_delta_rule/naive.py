@@ -11,7 +11,7 @@ def naive_generalized_delta_rule(
     k: torch.Tensor,
     v: torch.Tensor,
     a: torch.Tensor,
-    b: torch.Tensor,
+    b: torch.Tensor | None,
     gk: torch.Tensor,
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
@@ -21,7 +21,7 @@ def naive_generalized_delta_rule(
 
     The low-rank term reads the state before this token's decay, as fla's DPLR kernels do.
     RWKV-7 uses a = -kk (its unit removal key) and b = kk * iclr (the in-context learning
-    rate), distinct from the write key k.
+    rate), distinct from the write key k. b=None means b = -k (removal along the write key).
 
     Args:
         q, k, a, b: [B, T, H, K]; v: [B, T, H, V]; gk: [B, T, H, K] log-decay (<= 0).
@@ -35,6 +35,7 @@ def naive_generalized_delta_rule(
     dtype = v.dtype
     scale = default_scale(scale, K)
     q, k, v, a, b, gk, S = as_float(q, k, v, a, b, gk, initial_state)
+    b = -k if b is None else b
     if S is None:
         S = q.new_zeros(B, H, K, V)
     o = []

@@ -3,8 +3,9 @@
 The delta rule on the decayed state S' = diag(exp(g_t)) S_{t-1}:
     S_t = S' - beta_t k_t k_t^T S' + beta_t k_t v_t^T
         = diag(exp(g_t)) S_{t-1} + (-beta_t k_t) ((exp(g_t) k_t)^T S_{t-1}) + (beta_t k_t) v_t^T,
-a diagonal-plus-low-rank step with a = exp(g) k, b = -beta k and write key beta k. Every decay
-factor the generalized form builds from these is exp of a non-positive number.
+a diagonal-plus-low-rank step with a = exp(g) k, b = -beta k and write key beta k (b = -k_write:
+the generalized form's b=None, which computes half its score matrices). Every decay factor the
+generalized form builds from these is exp of a non-positive number.
 """
 
 import torch
@@ -30,7 +31,7 @@ def chunk_kda(
     k, g, beta = as_float(k, g, beta)
     k_beta = k * beta[..., None]
     o, S = chunk_generalized_delta_rule(
-        q, k_beta, v.float(), k * g.exp(), -k_beta, g, scale=scale, initial_state=initial_state,
+        q, k_beta, v.float(), k * g.exp(), None, g, scale=scale, initial_state=initial_state,
         output_final_state=output_final_state, chunk_size=chunk_size,
         sub_chunk_size=sub_chunk_size,
     )

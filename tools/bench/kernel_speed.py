@@ -71,9 +71,10 @@ def make_inputs(
 
 def _modern_inputs(op: str, xs: dict[str, torch.Tensor], randn: Callable
                    ) -> dict[str, torch.Tensor]:
-    """The inputs of the issue-16 ops beyond q, k, v: simple GLA's per-head log-decay, KDA's per-channel log-decay (Kimi
-    Linear's range) and beta, Gated DeltaProduct's two steps per token with beta in (0, 2),
-    RWKV-7's removal key, in-context learning rate and decay in [-e^{-1/2}, 0]."""
+    """The inputs of the issue-16 ops beyond q, k, v: simple GLA's per-head log-decay, KDA's
+    per-channel log-decay (Kimi Linear's range) and beta, Gated DeltaProduct's two steps per
+    token with beta in (0, 2), RWKV-7's removal key, in-context learning rate and decay in
+    [-e^{-1/2}, 0]."""
     B, T, H, K = xs["q"].shape
     V = xs["v"].shape[-1]
     if op == "simple_gla":

@@ -5,7 +5,8 @@ An additive (linear-attention) state with a data-dependent scalar decay per head
 S <- a_t S + k_t v_t^T, a_t = exp(g_t), g_t = -exp(A) * softplus(w_a x_t + dt_bias); k and q
 play Mamba-2's B and C, v its x. This is GLA with one gate per head (fla's simple_gla).
 Simplified against the Mamba-2 block: no dt-scaled input (the space has no such choice) and
-q, k, v from separate projections with a short convolution each. Output RMS-normalised per head, gated by silu(w_g x).
+q, k, v from separate projections with a short convolution each. Output RMS-normalised per
+head, gated by silu(w_g x).
 """
 
 import math
