@@ -142,3 +142,51 @@ def test_a_local_submission_starts_no_more_trainings_than_the_free_slots(
         jt.cleanup(store)
     state = store.replay()
     assert [c.status for c in state.candidates.values()] == ["done"] * 3 + ["checked"] * 2
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_stop_jobs_on_slurm_journals_the_cancelled_trainings_and_a_resumed_run_continues_them(
+        tmp_path: Path) -> None:
+    """The same on the local Slurm cluster: the trainings are cancelled (after TERM, which lets
+    each save a checkpoint), journaled `lost` once the driver has let go, and a resumed run
+    submits them again; each resumes from its checkpoint."""
+    import shutil
+
+    if shutil.which("sbatch") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but sbatch is missing: run tools/slurm-local.sh start")
+        pytest.skip("no Slurm here (tools/slurm-local.sh start)")
+    cfg_file = tmp_path / "run.yaml"
+    cfg = run_config_dict(tmp_path / "state", steps=2000, checkpoint_every=5000,
+                          search={"max_candidates": 2, "max_in_flight": 2},
+                          launch={"executor": "slurm", "cpus_per_task": 1, "mem_gb": 2,
+                                  "python": sys.executable, "poll_s": 1.0})
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "state" / "mini"
+    driver = start_driver(cfg_file)
+    try:
+        wait_for("two Slurm trainings to log a step", lambda: all(
+            any("loss" in r for r in rows(run, c)) for c in ("c000000", "c000001")), 600)
+        out = evolve("stop", str(run), "--jobs", "--grace", "60")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "Slurm job(s) cancelled" in out.stdout
+        driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
+    lost = {e["candidate"] for e in events if e["event"] == "lost"
+            and "evolve stop --jobs" in e.get("error", "")}
+    assert lost == {"c000000", "c000001"}, [e for e in events if e["event"] == "lost"]
+    (run / "STOP").unlink()
+    driver = start_driver(cfg_file)
+    try:
+        wait_for("both trainings to resume", lambda: all(
+            any(r.get("event") == "resume" for r in rows(run, c)) for c in lost), 600)
+        out = evolve("stop", str(run), "--jobs", "--grace", "60")
+        assert out.returncode == 0, out.stdout + out.stderr
+        driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()

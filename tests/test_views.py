@@ -133,3 +133,18 @@ def test_one_damaged_file_leaves_the_run_readable(designs_run: dict[str, str], c
     assert designs_run["long"] in out and "damaged" in out
     write_report(run, tmp_path / "report")
     assert (tmp_path / "report" / "index.html").read_text().count(designs_run["long"]) >= 1
+
+
+def test_the_best_proposal_is_compared_with_the_best_baseline_on_each_axis() -> None:
+    """Not only with the fitness reference: with the lowest-bpb baseline on bpb and the
+    highest-recall baseline on MQAR, which may be two different baselines."""
+    from evolve.views.board import versus_best_baselines
+
+    board = [{"id": "c000009", "kind": "proposal", "label": "x", "bpb": 2.90, "mqar": 0.60},
+             {"id": "c000000", "kind": "baseline", "label": "deltanet", "bpb": 3.10, "mqar": 0.65},
+             {"id": "c000001", "kind": "baseline", "label": "gated_deltanet", "bpb": 2.94,
+              "mqar": 0.52}]
+    v = versus_best_baselines(board, board[0])
+    assert v["bpb"]["baseline"] == "gated_deltanet" and v["bpb"]["better"] is True
+    assert v["mqar"]["baseline"] == "deltanet" and v["mqar"]["better"] is False
+    assert versus_best_baselines(board, None) == {}

@@ -6,8 +6,10 @@
 Without --jobs the trainings run on (a resumed driver reattaches to them). With --jobs, local
 trainings get SIGTERM through their submitit controller: each saves a checkpoint at its next
 step boundary and exits, and the resumed run trains them on from there. Whatever of the run is
-still alive after --grace seconds is killed and named. Slurm jobs get `scancel --signal=TERM`
-(they checkpoint), then `scancel` after the grace period; once the driver has let go of the run,
+still alive after --grace seconds is killed and named. Slurm jobs get USR2, Slurm's own
+pre-timeout signal (each saves its checkpoint and requeues itself, the tested pre-emption path),
+then `scancel` once they left the RUNNING state or the grace period ran out; once the driver has
+let go of the run,
 each is journaled `lost` (under the driver lock), so the next `evolve run` submits it again and
 it trains on from its checkpoint.
 
@@ -57,7 +59,7 @@ def main_stop(argv: list[str]) -> int:
         time.sleep(0.2)
     slurm = _slurm_jobs(layout)
     for job in slurm.values():
-        _scancel("--signal=TERM", "--full", job)
+        _scancel("--signal=USR2", job)
     procs = run_processes(layout.jobs_dir)
     controllers = {p.pid for p in procs if p.role == "controller"}
     for p in procs:
@@ -66,6 +68,7 @@ def main_stop(argv: list[str]) -> int:
         if p.role == "controller" or p.parent not in controllers:
             _signal(p, signal.SIGTERM)
     left = _wait(layout, deadline)
+    _wait_slurm(list(slurm.values()), deadline)
     for p in left:
         print(f"{p.role} pid {p.pid} ({p.submission}) outlived the grace period: killed")
         _signal(p, signal.SIGKILL)
@@ -89,6 +92,20 @@ def _wait(layout: RunLayout, deadline: float) -> list[LocalProcess]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.2)
+
+
+def _wait_slurm(jobs: list[str], deadline: float) -> None:
+    """Until no job of `jobs` is running any more (a checkpointed job requeues itself and
+    waits as PENDING), or the deadline."""
+    while jobs and time.monotonic() < deadline:
+        try:
+            out = subprocess.run(["squeue", "-h", "-o", "%T", "-j", ",".join(jobs)],
+                                 capture_output=True, text=True, timeout=60).stdout.split()
+        except (FileNotFoundError, subprocess.TimeoutExpired):
+            return
+        if not {"RUNNING", "COMPLETING", "CONFIGURING"} & set(out):
+            return
+        time.sleep(1.0)
 
 
 def _signal(p: LocalProcess, signum: int) -> None:

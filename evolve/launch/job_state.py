@@ -228,10 +228,23 @@ def run_processes(jobs_dir: str | os.PathLike[str]) -> list[LocalProcess]:
         for module, role in (("submitit.local._local", "controller"),
                              ("submitit.core._submit", "training")):
             if module in cmd and cmd.index(module) + 1 < len(cmd) \
-                    and cmd[cmd.index(module) + 1].startswith(root):
+                    and cmd[cmd.index(module) + 1].startswith(root) \
+                    and not _slurm_task(int(entry)):
                 folder = cmd[cmd.index(module) + 1][len(root):].split(os.sep)[0]
                 found.append(LocalProcess(int(entry), role, folder, _parent(int(entry))))
     return sorted(found, key=lambda p: p.pid)
+
+
+def _slurm_task(pid: int) -> bool:
+    """Whether the process is a task of a Slurm job (on a one-node cluster, or a node shared
+    with the login shell, Slurm's tasks show up here too: they are Slurm's to signal)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            # submitit's own mark, not SLURM_JOB_ID: a local job started by a driver that runs
+            # inside a Slurm job inherits that, and is ours to signal.
+            return b"\0SUBMITIT_EXECUTOR=slurm\0" in b"\0" + f.read()
+    except OSError:
+        return False
 
 
 def _parent(pid: int) -> int:

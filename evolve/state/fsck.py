@@ -315,6 +315,13 @@ def _candidate_events(paths: CandidatePaths, start: float, subs: dict[str, dict[
         events.append(_event("checked", t, cid, passed=True, gates=prop.get("kind")))
     record = _read(paths.job)
     if not isinstance(record, dict):
+        result = _read(paths.result)
+        reused = result.get("reused") if isinstance(result, dict) else None
+        if isinstance(reused, dict):  # taken from the site's result cache, never submitted
+            tf = _mtime(paths.result, t)
+            events.append(_event("reused", tf, cid, key=reused.get("key"),
+                                 source=reused.get("source"), gpu_hours=0.0))
+            done[cid] = tf
         return events
     attempts = [r for r in record.get("history") or [] if isinstance(r, dict)] + [record]
     for n, r in enumerate(attempts, start=1):

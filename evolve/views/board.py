@@ -245,6 +245,26 @@ def leaderboard(run: Path | RunView) -> list[dict[str, Any]]:
     return _rows(as_view(run))
 
 
+def versus_best_baselines(board: list[dict[str, Any]], best: dict[str, Any] | None
+                          ) -> dict[str, dict[str, Any]]:
+    """The best proposal against the run's best baseline on each axis, not only against the
+    fitness reference: {"bpb": {...}, "mqar": {...}}, each with the baseline that is best on it
+    (lowest bits per byte, highest recall), both values and whether the proposal is better.
+    Empty until a proposal and a baseline have the metric."""
+    out: dict[str, dict[str, Any]] = {}
+    baselines = [r for r in board if r["kind"] == "baseline"]
+    for key, lower_is_better in (("bpb", True), ("mqar", False)):
+        have = [r for r in baselines if isinstance(r.get(key), (int, float))]
+        if best is None or not have or not isinstance(best.get(key), (int, float)):
+            continue
+        pick = min if lower_is_better else max
+        top = pick(have, key=lambda r: r[key])
+        better = best[key] < top[key] if lower_is_better else best[key] > top[key]
+        out[key] = {"baseline": top["label"], "baseline_value": top[key],
+                    "proposal": best["id"], "value": best[key], "better": better}
+    return out
+
+
 def _phase(status: str) -> str:
     return "done" if status in TRAINED else "failed" if status in DROPPED else "in_flight"
 
@@ -307,7 +327,8 @@ def status(run: Path | RunView) -> dict[str, Any]:
                        f"stopped ({last_stop.get('reason')})" if last_stop else "never started"),
             "novelty_returned": sum(e.get("event") == "novelty_returned" for e in events),
             "reused": sum(e.get("event") == "reused" for e in events),
-            "best": best, "follow_ups": follow, "confirmed": confirmed, "promoted": promoted,
+            "best": best, "versus_best_baselines": versus_best_baselines(board, best),
+            "follow_ups": follow, "confirmed": confirmed, "promoted": promoted,
             "ablation": ablation, "local_trainings": _local_trainings(view),
             "llm": {"source": ready.get("source") if ready else None,
                     "calls": dict(sorted(calls.items())), "proposals": llm_proposals,
@@ -382,6 +403,10 @@ def print_status(run: Path, as_json: bool = False) -> int:
         conf = f", {b['verdict']} over {b['seeds']} seeds" if b["verdict"] != "-" else ""
         print(f"  best proposal: {b['id']} fitness {fmt_ci(b['mean'], b['ci95'])}{conf} "
               f"(bpb {_fmt(b['bpb'], '.4f')}, MQAR {_fmt(b['mqar'], '.3f')})")
+        for key, v in s["versus_best_baselines"].items():
+            print(f"    {key} against the run's best baseline on it ({v['baseline']}): "
+                  f"{_fmt(v['value'], '.4f')} vs {_fmt(v['baseline_value'], '.4f')}, "
+                  f"{'better' if v['better'] else 'not better'}")
     return 0
 
 

@@ -534,6 +534,11 @@ def _summary(view: RunView) -> str:
 def _summary_more(s: dict[str, Any]) -> str:
     """Rows for follow-ups, confirmations and the model, when the run has any."""
     rows = []
+    for key, v in (s.get("versus_best_baselines") or {}).items():
+        rows.append((f"best proposal vs best baseline ({esc(key)})",
+                     f"{esc(v['proposal'])} {_num(v['value'], '.4f')} against "
+                     f"{esc(v['baseline'])} {_num(v['baseline_value'], '.4f')}: "
+                     f"<b>{'better' if v['better'] else 'not better'}</b>"))
     f = s.get("follow_ups") or {}
     if any(sum(v.values()) for v in f.values()):
         rows.append(("follow-up trainings", "; ".join(
