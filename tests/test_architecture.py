@@ -120,3 +120,15 @@ def test_run_folder_file_names_are_spelled_only_in_the_layout_module() -> None:
         found += [f"{path.relative_to(REPO)}:{line}: {text!r}"
                   for line, text in code_strings(path) if text.strip("/") in RUN_FILE_NAMES]
     assert not found, "run-folder file names outside evolve/state/layout.py:\n" + "\n".join(found)
+
+
+def test_the_per_candidate_file_names_appear_nowhere_else_even_in_prose() -> None:
+    """A plain grep: the names of the files a candidate's lifecycle writes (and the requests
+    folder) are in the layout module only; docstrings and messages say "the result file"."""
+    names = ("proposal.json", "result.json", "ablation.json", "confirmation.json",
+             "confirmation-", "requests/")
+    found = [f"{path.relative_to(REPO)}: {name}"
+             for path in sorted((REPO / "evolve").rglob("*.py"))
+             if path != REPO / "evolve" / "state" / "layout.py"
+             for name in names if name in path.read_text(encoding="utf-8")]
+    assert not found, "\n".join(found)

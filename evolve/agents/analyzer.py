@@ -7,7 +7,7 @@
     for record in result.records: record_call(candidate_dir, record)
 
 A candidate (and a parent or baseline) is a dict: {"id", "motivation", "spec" or
-"description", "status", "metrics" (result.json's), "curve" (metrics.jsonl rows)}. The answer
+"description", "status", "metrics" (the result file's), "curve" (metrics.jsonl rows)}. The answer
 is constrained by `analysis_schema`; lessons are checked field by field and bad ones dropped.
 """
 

@@ -59,7 +59,7 @@ def prompt_chars(messages: Sequence[Mapping[str, str]]) -> int:
 
 
 def prompt_hash(messages: Sequence[Mapping[str, str]]) -> str:
-    """16 hex digits identifying a prompt (for proposal.json)."""
+    """16 hex digits identifying a prompt (for the proposal file)."""
     text = json.dumps(list(messages), sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -59,7 +59,7 @@ class ResearchResult:
     records: list[dict[str, Any]] = field(default_factory=list)
 
     def proposal_json(self) -> dict[str, Any]:
-        """What proposal.json stores about the LLM side of this proposal."""
+        """What the proposal file stores about the LLM side of this proposal."""
         last = self.records[-1] if self.records else {}
         return {"motivation": self.motivation, "parents": [self.parent_id],
                 "proposer": f"llm-{self.mode}", "model": last.get("model"),

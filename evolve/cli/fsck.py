@@ -128,7 +128,7 @@ def _scorer(layout: RunLayout) -> Score:
                 continue  # the reference is not trained (yet): the driver scores it later
             result = read(layout.candidate(cid).result)
             if result.get("status") != "ok":
-                out[cid] = {"event": "failed", "error": result.get("reason", "no result.json")}
+                out[cid] = {"event": "failed", "error": result.get("reason", "no result file")}
                 continue
             reference = Reference.from_results([read(layout.candidate(c).result) for c in refs],
                                                cfg.fitness.reference, cfg.fitness.mqar_pairs)

@@ -38,9 +38,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="training seed (default: config's)")
     p.add_argument("--out", help="output folder (default: state/train/<mixer>-<preset>-s<seed>)")
     p.add_argument("--tracks", help="comma-separated subset of tracks to run, e.g. lm or mqar")
-    p.add_argument("--json", action="store_true", help="print result.json instead of a table")
+    p.add_argument("--json", action="store_true", help="print the result file instead of a table")
     p.add_argument("--no-check", action="store_true",
-                   help="train without running the gates first (recorded in result.json)")
+                   help="train without running the gates first (recorded in the result file)")
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:

@@ -25,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
                    help="train at this preset instead of the run's (explore, verify)")
     p.add_argument("--ablate", action="store_true",
                    help="also revert each of its design choices to its nearest baseline, one "
-                        "at a time, with the same seeds (ablation.json; one per run)")
+                        "at a time, with the same seeds (the run's ablation file; one per run)")
     p.add_argument("--no-wait", action="store_true",
                    help="only queue the request (a running driver picks it up)")
     return p

@@ -399,7 +399,7 @@ class GateFailedError(EvolveError):
 def check_before_training(mixer: str, model: ModelConfig, *, skip: bool = False
                           ) -> dict[str, Any]:
     """The gates `evolve train` runs before training `mixer` (a file or a baseline name) in
-    `model`; returns what result.json records of them. Raises GateFailedError naming the
+    `model`; returns what the result file records of them. Raises GateFailedError naming the
     failed gate, unless `skip` (`--no-check`), which is recorded instead."""
     from evolve.model.contract import BASELINE_NAMES
 
@@ -411,7 +411,7 @@ def check_before_training(mixer: str, model: ModelConfig, *, skip: bool = False
     if not report.passed:
         raise GateFailedError(format_report(report) + "\n\nevolve train: the mixer fails the "
                               f"{report.failed_gate} gate; not trained (--no-check trains it "
-                              "anyway, recorded in result.json)")
+                              "anyway, recorded in the result file)")
     return {"passed": True, "failed_gate": None,
             "gates": [v.gate for v in report.verdicts]}
 

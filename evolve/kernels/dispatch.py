@@ -92,7 +92,7 @@ _used: dict[str, dict[str, str]] = {}
 
 
 def used_backends() -> dict[str, dict[str, str]]:
-    """Which backend each op used since the last reset, and why (a training's result.json
+    """Which backend each op used since the last reset, and why (a training's result file
     names them, so a GPU run says whether it used fla)."""
     return {op: dict(found) for op, found in sorted(_used.items())}
 

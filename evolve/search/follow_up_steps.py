@@ -108,7 +108,7 @@ class FollowUpSteps:
         return out
 
     def _settle_confirmations(self) -> bool:
-        """Write confirmation.json (and a `confirmed` event) for every replicated candidate
+        """Write the confirmation file (and a `confirmed` event) for every replicated candidate
         whose seeds, and the reference's seeds at the same preset, have all finished."""
         state = self.view.state
         done = self._verdicts()
@@ -188,12 +188,12 @@ class FollowUpSteps:
         requested = self.store.ablation_path.exists()  # `evolve verify --ablate`
         if not (self.cfg.search.ablate_best or requested):
             return False
-        # The target is chosen once (ablation.json keeps it): more seeds of another candidate
+        # The target is chosen once (the ablation file keeps it): more seeds of another candidate
         # must not start a second ablation.
         pinned = self.view.ablation() or {}
         if pinned.get("candidate"):
             best = pinned["candidate"]
-            why = pinned.get("chosen") or "named in ablation.json (`evolve verify --ablate`)"
+            why = pinned.get("chosen") or "named in the ablation file (`evolve verify --ablate`)"
         else:
             best, why = self._ablation_target()
         if best is None:
@@ -250,7 +250,7 @@ class FollowUpSteps:
 
     def _write_ablation(self, best: str, base_name: str, plan: list[dict[str, Any]],
                         seeds: int, why: str) -> None:
-        """ablation.json: the plan, and the table once every training of it has finished."""
+        """The ablation file: the plan, and the table once every training of it has finished."""
         state = self.view.state
         by_field: dict[str, list[str]] = {}
         for key, cid in self._derived().items():

@@ -14,7 +14,7 @@ else, with `search.serve_local`, the packaged SmolLM2 started by the driver on t
 
 Every call is stored under the candidate's llm/ folder. A role that gets no usable answer never
 stops the loop: the researcher's slot is filled by the mutator, the analyzer's by the rules,
-and the reason is written into proposal.json or analysis.json.
+and the reason is written into the proposal file or analysis.json.
 """
 
 from __future__ import annotations

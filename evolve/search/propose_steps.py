@@ -109,7 +109,7 @@ class ProposeSteps:
         """A draft closer than novelty.similarity_threshold to an archived design goes back to
         its proposer once, naming the nearest design (`revise`, where the proposer has one; else
         a fresh draft). The second answer is taken whatever its similarity (labelled in its
-        proposal.json); a duplicate second answer is dropped."""
+        the proposal file); a duplicate second answer is dropped."""
         nearest = next((e for e in archive if e.id == verdict.nearest_id), None)
         self.store.record("novelty_returned", nearest=verdict.nearest_id,
                           similarity=verdict.similarity, proposer=self.proposer.name)

@@ -44,7 +44,7 @@ class Draft:
     proposer: str
     spec: MixerSpec | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    """More keys for proposal.json (operator, model, edits, lessons used, ...)."""
+    """More keys for the proposal file (operator, model, edits, lessons used, ...)."""
     records: list[dict[str, Any]] = field(default_factory=list)
     """Model calls that produced it, stored in the candidate's llm/ folder."""
 

@@ -3,7 +3,7 @@ mixer file, resolved training config (seed included) and library versions match 
 finished, in this run or another under the same root, is not trained again.
 
 `Driver` derives from `ReuseSteps`. Before a group is submitted, each candidate's key is looked
-up; a hit writes the cached result.json (with `reused`: key and source) and curve into the
+up; a hit writes the cached result file (with `reused`: key and source) and curve into the
 candidate's folder and journals `reused` (status done, no job); scoring then treats it as any
 finished training. After a training of this run is scored, its result is stored under its key.
 """

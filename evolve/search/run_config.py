@@ -70,7 +70,7 @@ class SearchConfig:
     ablate_best: bool = False
     """When the search is complete, revert each design choice of the best candidate that
     differs from its nearest baseline, one at a time, and train each with confirm_seeds seeds
-    (the table is in ablation.json and the report)."""
+    (the table is in the run's ablation file and the report)."""
     seed_designs: tuple[dict[str, Any], ...] = ()
     """The researcher's own designs, trained in the first generation as proposals: each a spec
     mapping, optionally `base: <baseline>` plus the fields that differ and a `motivation`

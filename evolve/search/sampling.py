@@ -71,7 +71,7 @@ class SamplingConfig:
 
 @dataclass
 class Sample:
-    """A sampling decision, recorded in the child's proposal.json."""
+    """A sampling decision, recorded in the child's proposal file."""
 
     parent: str
     inspirations: list[str]

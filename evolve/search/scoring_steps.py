@@ -62,7 +62,7 @@ class ScoringSteps:
             result = self.view.result(c.id) or {}
             progressed = True
             if result.get("status") != "ok":
-                self.store.record("failed", c.id, error=result.get("reason", "no result.json"))
+                self.store.record("failed", c.id, error=result.get("reason", "no result file"))
                 continue
             score = fitness(result, reference, self.cfg.fitness)
             leak = self._leakage(c.id, result, reference, preset)

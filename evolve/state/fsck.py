@@ -185,7 +185,7 @@ def _check_jobs(layout: RunLayout, replay: Replay, job_state: JobState) -> list[
         done = paths.result.exists()
         problems.append(Problem(paths.job, f"job {st.job_id} of {st.id} is {st.status} in the "
                                 f"journal, but the scheduler says: {answer[0]}"
-                                + (" (its result.json is there)" if done else ""),
+                                + (" (its result file is there)" if done else ""),
                                 "nothing; `evolve run` collects it" if done else
                                 "nothing; `evolve run` records it failed, or lost (and trains it "
                                 "on) when it was stopped"))
@@ -255,7 +255,7 @@ def rebuild_events(layout: RunLayout, *, score: Score | None = None) -> list[dic
     """The events of a journal rebuilt from the run's files, oldest first.
 
     Each candidate gets the events its files prove, at the files' times: created and proposed
-    (proposal.json), checked (checks.json, or a baseline's, which skips the gates), submitted
+    (the proposal file), checked (checks.json, or a baseline's, which skips the gates), submitted
     and done, failed or lost per attempt (job.json and its history), scored (from `score`) and
     analyzed (analysis.json). Every submission folder under jobs/ gets its submit_begin, so
     that a resumed driver never reuses a submission's name."""

@@ -5,7 +5,7 @@ Usage::
     atomic_write_json(path, {"loss": 1.2})   # readers see the old file or the new one, never a part
     data = read_json(path, default=None)    # a broken file raises StateError naming file:line:col
 
-A job writes its result.json with `atomic_write_json`; it needs nothing else from the store.
+A job writes its result file with `atomic_write_json`; it needs nothing else from the store.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ training: checked, a lost job, or a submission the scheduler refused (or a kille
 without its job id). A failed training is not: it failed on its own merits."""
 
 KINDS = ("baseline", "proposal", "replica", "ablation")
-"""What a candidate is, from its proposal.json: a baseline of the run, a proposal of the search,
+"""What a candidate is, from its proposal file: a baseline of the run, a proposal of the search,
 or a follow-up (a replica: the same file with another seed or at a promotion preset; an
 ablation: one change of a proposal reverted)."""
 FOLLOW_UPS = ("replica", "ablation")

@@ -4,7 +4,7 @@ driver, which acts on them (replicas with more seeds, a promotion preset, an abl
     path = queue_request(store, candidate="c000042", seeds=5, preset=None, ablate=False)
     for req in pending_requests(store): ...; settle(req, accepted=True)
 
-A request is one JSON file in RUN/requests/; once the driver has created its candidates it is
+A request is one JSON file in the run's requests folder; once the driver has created its candidates it is
 renamed *.done (or *.refused, with a `request_refused` journal event), so it acts once.
 """
 
@@ -23,7 +23,7 @@ class VerifyRequest:
     """One queued `evolve verify`."""
 
     path: Path
-    """Its file in RUN/requests/."""
+    """Its file in the run's requests folder."""
     candidate: str | None
     """The trained candidate to verify."""
     seeds: int = 1

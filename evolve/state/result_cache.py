@@ -65,7 +65,7 @@ class ResultCache:
         return self.folder / key[:2] / key
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """{"result": result.json, "source": where it was trained, "metrics": Path | None},
+        """{"result": the result file, "source": where it was trained, "metrics": Path | None},
         or None when the key is absent or its entry unreadable (then it is trained again)."""
         entry = CandidatePaths.of(self.entry(key))
         try:

@@ -15,7 +15,7 @@ Usage::
 The layout of a run folder (every file name) is `evolve.state.layout`; `Store` is a `RunLayout`.
 
 Writers: the driver writes the journal and candidate metadata; a job writes only inside its
-own candidate folder (result.json, train/), with `atomic_write_json`.
+own candidate folder (the result file, train/), with `atomic_write_json`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ and tools/study.
     view.state.candidates["c000042"].status    # the journal's replay, redone when it grew
     view.kind("c000042"), view.proposal(...), view.result(...), view.confirmations(...)
 
-Reads are cached: proposal.json is written once before a candidate is journaled as proposed
+Reads are cached: the proposal file is written once before a candidate is journaled as proposed
 and never changes; every other file is re-read when its size or modification time changed.
 A file that cannot be read marks its candidate damaged (`damaged`: id -> file and reason) and
 reads as the default: one bad file never makes the rest of a run unreadable.
@@ -77,7 +77,7 @@ class RunView:
         return value
 
     def proposal(self, cid: str) -> dict[str, Any]:
-        """proposal.json ({} while absent or damaged)."""
+        """The proposal file ({} while absent or damaged)."""
         cached = self._proposals.get(cid)
         if cached is None:
             value = self.read(cid, self.store.candidate(cid).proposal, {})
@@ -90,7 +90,7 @@ class RunView:
         return str(self.proposal(cid).get("kind", "proposal"))
 
     def result(self, cid: str) -> dict[str, Any] | None:
-        """result.json, written once by the training; None until then (or when damaged)."""
+        """The result file, written once by the training; None until then (or when damaged)."""
         value = self.read(cid, self.store.candidate(cid).result, None)
         return value if isinstance(value, dict) else None
 
@@ -115,7 +115,7 @@ class RunView:
                 if self.kind(d) == kind and self.proposal(d).get("of") == cid]
 
     def ablation(self) -> dict[str, Any] | None:
-        """The run's ablation.json (plan, then table), None without one or when unreadable."""
+        """The run's ablation file (plan, then table), None without one or when unreadable."""
         try:
             value = read_json(self.store.ablation_path, None)
         except StateError:

@@ -9,10 +9,10 @@ In the foreground (`evolve train`)::
     result = train_foreground("deltanet", load_train_config("tiny"), Path("state/train/d"))
 
 A candidate folder holds `mixer.py`; the job writes only inside it: `train/` (checkpoints and
-`metrics.jsonl`, the curves) and, once, atomically, `result.json`. A pre-emption signal saves a
+`metrics.jsonl`, the curves) and, once, atomically, the result file. A pre-emption signal saves a
 checkpoint at the next step boundary; the requeued job resumes there. A track that finished
 records `train/<track>/done.json`, so a requeue never trains or evaluates it twice.
-A failure of the candidate's own code is recorded in result.json (status "failed", reason,
+A failure of the candidate's own code is recorded in the result file (status "failed", reason,
 traceback) instead of crashing the job, so the loop goes on.
 """
 
@@ -121,10 +121,10 @@ def _headline(tracks: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def train_candidate(mixer: str | Path, cfg: TrainConfig, folder: Path,
                     signals: DeferredSignals, on_step=None,
                     ranks: Ranks = Ranks()) -> dict[str, Any]:
-    """Train every track of `cfg` for the mixer; write and return result.json's content.
+    """Train every track of `cfg` for the mixer; write and return the result file's content.
 
     With N ranks every rank trains; rank 0 alone evaluates and writes done.json and
-    result.json (the others return what they trained, unwritten)."""
+    the result file (the others return what they trained, unwritten)."""
     from evolve.kernels.dispatch import reset_used_backends, used_backends
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -220,7 +220,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 def train_foreground(mixer: str, cfg: TrainConfig, folder: Path, preset: str = "",
                      checks: dict | None = None) -> dict:
     """`evolve train`: copy the mixer into `folder`, train with a progress bar, return result.
-    `checks` (what the gates said, or that they were skipped) goes into result.json."""
+    `checks` (what the gates said, or that they were skipped) goes into the result file."""
     from evolve.train.budget import check_token_budget
 
     source = resolve_mixer_path(mixer)

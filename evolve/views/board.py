@@ -3,10 +3,10 @@ work from any node while the driver runs (every file they read is replaced atomi
 
 The leaderboard ranks proposals and baselines. Follow-up trainings (kind "replica": the same
 file with another seed or at a promotion preset; kind "ablation": one change reverted) are not
-rows of their own: a proposal's replicas show up as its confirmation (candidates/ID/
-confirmation.json, written by the driver once all seeds finished): `seeds`, `mean` ± `ci95` of
+rows of their own: a proposal's replicas show up as its confirmation (its confirmation
+file, written by the driver once all seeds finished): `seeds`, `mean` ± `ci95` of
 fitness over them and a `verdict` ("better" / "worse" than the reference, "=" when the interval
-includes zero, "-" for a one-seed score not confirmed). Promotions (confirmation-PRESET.json)
+includes zero, "-" for a one-seed score not confirmed). Promotions (a confirmation per preset)
 add `verify` {preset: verdict}. A baseline is one row per name at the run's preset, with the
 mean ± ci95 over its seeds.
 """

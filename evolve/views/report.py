@@ -65,7 +65,7 @@ class Candidate:
     error: str | None
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     confirmations: dict[str | None, dict[str, Any]] = field(default_factory=dict)
-    """confirmation.json (key None) and confirmation-PRESET.json (key: the preset)."""
+    """The confirmation (key None) and the promotions' confirmations (key: the preset)."""
     llm_calls: dict[str, int] = field(default_factory=dict)
     """Stored model calls per role."""
     design: str = ""
@@ -106,7 +106,7 @@ class RunData:
     cognition: list[dict[str, Any]]
     """Lessons of the run's cognition base, and ideas that gathered evidence in it."""
     ablation: dict[str, Any] | None = None
-    """RUN/ablation.json: the plan, and the table once its trainings finished."""
+    """The run's ablation file: the plan, and the table once its trainings finished."""
 
 
 def esc(value: Any) -> str:
@@ -613,7 +613,7 @@ def _confirmation_section(cands: list[Candidate], ids: _Ids) -> str:
 
 
 def _ablation_section(data: RunData, ids: _Ids, out: Path) -> str:
-    """ablation.json as a table (skipped fields with their note) and a bar chart; '' if none."""
+    """The ablation file as a table (skipped fields with their note) and a bar chart; '' if none."""
     abl = data.ablation
     if not abl:
         return ""
