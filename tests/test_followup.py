@@ -158,7 +158,7 @@ def test_verify_command_and_promotion(tmp_path: Path) -> None:
     assert proposal in out.stdout
     ablation = json.loads((cfg.run_dir / "ablation.json").read_text())
     assert ablation["candidate"] == proposal and ablation["complete"]
-    assert ablation["chosen"] == "named in ablation.json (`evolve verify --ablate`)"
+    assert ablation["chosen"] == "named in the ablation file (`evolve verify --ablate`)"
     assert len(ablation["table"]) == sum(1 for row in ablation["plan"] if not row["note"])
     assert all(f"without its {row['field']} change" in out.stdout for row in ablation["table"])
     bad = subprocess.run([sys.executable, "-m", "evolve.cli.main", "verify", str(cfg.run_dir),
