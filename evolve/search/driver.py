@@ -281,8 +281,7 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, FollowUpSteps):
             groups.setdefault(key, []).append(c.id)
         submitted = False
         for (seed, preset_name), cids in sorted(groups.items()):
-            train_cfg = to_dict(self._train_config(preset_name or None))
-            train_cfg["seed"] = seed
+            train_cfg = self._submitted_config(preset_name or None, seed)
             generation = state.candidates[cids[0]].generation
             cids = self._reuse_results(cids, train_cfg)  # trained before, here or in another run
             if not cids:
@@ -316,6 +315,13 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, FollowUpSteps):
         from evolve.search.site_launch import promote_launch
 
         return promote_launch(self.cfg)
+
+    def _submitted_config(self, preset_name: str | None, seed: int) -> dict[str, Any]:
+        """The training config a candidate at `preset_name` with `seed` is submitted with (also
+        what the result cache keys it by)."""
+        train_cfg = to_dict(self._train_config(preset_name))
+        train_cfg["seed"] = seed
+        return train_cfg
 
     def _train_config(self, preset_name: str | None) -> Any:
         """The run's training settings, or those of a promotion preset."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-from evolve.config.loading import to_dict
 from evolve.state.layout import result_cache_dir
 from evolve.state.result_cache import ResultCache, training_key, versions
 
@@ -22,17 +21,14 @@ class ReuseSteps:
     """Result reuse, as steps of the driver (see the module docstring)."""
 
     def _result_cache(self) -> ResultCache | None:
+        """The site's result cache (beside this run's folder); None with reuse turned off."""
         if not self.reuse_results:
             return None
-        cache = getattr(self, "_cache", None)
-        if cache is None:
-            cache = self._cache = ResultCache(result_cache_dir(self.store.root.parent))
-            self._versions = versions()
-        return cache
+        return ResultCache(result_cache_dir(self.store.root.parent))
 
     def _training_key(self, cid: str, train_cfg: dict[str, Any]) -> str:
         code = self.store.candidate(cid).mixer.read_text(encoding="utf-8")
-        return training_key(code, train_cfg, self._versions)
+        return training_key(code, train_cfg, versions())
 
     def _reuse_results(self, cids: list[str], train_cfg: dict[str, Any]) -> list[str]:
         """`cids` less those whose training the cache already holds (journaled `reused`)."""
@@ -61,7 +57,7 @@ class ReuseSteps:
         if cache is None or result.get("reused") or result.get("status") != "ok":
             return
         p = self.view.proposal(cid)
-        train_cfg = to_dict(self._train_config(p.get("preset") or None))
-        train_cfg["seed"] = p.get("seed", self.cfg.search.seed)
+        train_cfg = self._submitted_config(p.get("preset") or None,
+                                           p.get("seed", self.cfg.search.seed))
         cache.put(self._training_key(cid, train_cfg), result, self.store.candidate(cid).metrics,
                   source=str(self.store.candidate(cid).dir))

@@ -15,6 +15,7 @@ two drivers filling the same key at once leave one whole entry. Entries are neve
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -33,8 +34,10 @@ VERSIONED = ("torch", "evolve", "numpy", "flash-linear-attention")
 """Distributions whose version is part of a training's key: a new version may change results."""
 
 
+@functools.cache
 def versions() -> dict[str, str]:
-    """The versions of `VERSIONED` installed here ("-" for one that is not)."""
+    """The versions of `VERSIONED` installed here ("-" for one that is not); read once per
+    process (a process does not change its libraries)."""
     out = {}
     for name in VERSIONED:
         try:
