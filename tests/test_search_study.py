@@ -67,8 +67,9 @@ def test_run_config_names_the_method() -> None:
 def test_study_runs_each_method_and_summarizes_consistently(tmp_path: Path) -> None:
     study = load_study_tool("search")
     out = tmp_path / "search"
+    record = tmp_path / "record"
     argv = ["--methods", "mutator,random", "--seeds", "0", "--trainings", "2",
-            "--config", str(tiny_config(tmp_path)), "--out", str(out)]
+            "--config", str(tiny_config(tmp_path)), "--out", str(out), "--record", str(record)]
     assert study.main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     for png in ("best_vs_trainings.png", "best_vs_cpu_hours.png"):
@@ -99,7 +100,8 @@ def test_study_runs_each_method_and_summarizes_consistently(tmp_path: Path) -> N
         assert row["trainings"][-1]["best"] == row["best"]
         costs = [t["cpu_hours"] for t in row["trainings"]]
         assert costs == sorted(costs) and costs[-1] > 0
-        assert row["baselines"] == {"deltanet": 0.0}
+        assert row["best_baselines"]["bpb"]["baseline"] == "deltanet"
+        assert row["best_baselines"]["mqar"]["baseline"] == "deltanet"
         # The runs of one study share the site's result cache: the first trains the baseline,
         # the second reuses it (seed 0 both) and spends no CPU on it.
         reused = [e["candidate"] for e in Store.open(run).events() if e.get("event") == "reused"]
@@ -111,18 +113,21 @@ def test_study_runs_each_method_and_summarizes_consistently(tmp_path: Path) -> N
         agg = summary["methods"][method]
         assert agg["seeds"] == [0] and len(agg["by_trainings"]) == 2
         assert agg["final_best"]["mean"] == row["best"]
-        # In the order the trainings finished (the launcher's done/failed events).
-        ends = [e["candidate"] for e in Store.open(run).events()
-                if e.get("event") in ("done", "failed") and e.get("candidate") in proposals]
-        assert ids == list(dict.fromkeys(ends))
+        # In the order the trainings were evaluated (the driver's scored/failed events), each
+        # costing what the journal says its job's process used.
+        ends = [e for e in Store.open(run).events()
+                if e.get("event") in ("scored", "failed") and e.get("candidate") in proposals]
+        assert ids == [e["candidate"] for e in ends]
+        assert costs[-1] == pytest.approx(sum(e["cpu_hours"] for e in ends), abs=1e-5)
         for t in row["trainings"]:  # each training's own scores, from its result.json
             result = json.loads(Store.open(run).candidate(t["id"]).result.read_text())
-            assert t["bpb"] == result["metrics"]["bpb"]
-        first = row["first_beat"]["reference"]
-        before = [t["fitness"] for t in row["trainings"][:(first or 3) - 1]]
-        assert all(f is None or f <= 0 for f in before)
+            if t["event"] == "scored":
+                assert t["bpb"] == result["metrics"]["bpb"]
+        first = row["first_beat_both"]
+        bars = row["best_baselines"]
         if first is not None:
-            assert row["trainings"][first - 1]["fitness"] > 0
+            hit = row["trainings"][first["evaluations"] - 1]
+            assert hit["bpb"] < bars["bpb"]["value"] and hit["mqar"] > bars["mqar"]["value"]
 
     # A rerun resumes the finished runs: nothing is trained again.
     journals = {m: (out / f"search-{m}-s0" / "journal.jsonl").read_text()
@@ -131,14 +136,41 @@ def test_study_runs_each_method_and_summarizes_consistently(tmp_path: Path) -> N
     for m, before in journals.items():
         new = (out / f"search-{m}-s0" / "journal.jsonl").read_text()[len(before):]
         assert '"submitted"' not in new
-    assert study.main(argv[:-2] + ["--out", str(out), "--summarize-only"]) == 0
+    assert study.main(argv + ["--summarize-only"]) == 0
+    # The committed readings alone rebuild the same summary (the run folders are not needed).
+    before = json.loads((out / "summary.json").read_text())
+    elsewhere = tmp_path / "elsewhere"
+    assert study.main(["--methods", "mutator,random", "--seeds", "0", "--out", str(elsewhere),
+                       "--record", str(record), "--summarize-only"]) == 0
+    after = json.loads((elsewhere / "summary.json").read_text())
+    assert after["methods"] == before["methods"] and after["runs"] == before["runs"]
 
 
-def test_beating_gated_deltanet_on_both_axes_needs_both_in_one_training() -> None:
+def test_beating_the_best_baselines_on_both_axes_needs_both_in_one_training() -> None:
     study = load_study_tool("search")
-    trainings = [{"bpb": 2.80, "mqar": 0.10},   # better bits per byte only
-                 {"bpb": 3.10, "mqar": 0.90},   # better recall only
-                 {"bpb": None, "mqar": None},   # failed
-                 {"bpb": 2.90, "mqar": 0.60}]   # both
-    assert study.first_beating_both(trainings, bpb=2.93, mqar=0.24) == 4
-    assert study.first_beating_both(trainings[:3], bpb=2.93, mqar=0.24) is None
+    trainings = [{"id": "a", "bpb": 2.80, "mqar": 0.10, "cpu_hours": 0.1},  # bits per byte only
+                 {"id": "b", "bpb": 3.10, "mqar": 0.90, "cpu_hours": 0.2},  # recall only
+                 {"id": "c", "bpb": None, "mqar": None, "cpu_hours": 0.3},  # failed
+                 {"id": "d", "bpb": 2.90, "mqar": 0.60, "cpu_hours": 0.4}]  # both
+    # The best baseline on each axis may be a different one.
+    bars = study.best_baselines({"gated_deltanet": [(2.93, 0.20), (2.95, 0.28)],
+                                 "deltanet": [(3.12, 0.97), (3.14, 0.93)]})
+    assert bars == {"bpb": {"baseline": "gated_deltanet", "value": pytest.approx(2.94)},
+                    "mqar": {"baseline": "deltanet", "value": pytest.approx(0.95)}}
+    assert study.first_beating_both(trainings, bars) is None  # nothing recalls above 0.95
+    bars["mqar"]["value"] = 0.24
+    assert study.first_beating_both(trainings, bars) == {"id": "d", "evaluations": 4,
+                                                         "cpu_hours": 0.4}
+    assert study.first_beating_both(trainings[:3], bars) is None
+
+
+def test_the_loop_against_a_control_is_paired_over_shared_search_seeds() -> None:
+    study = load_study_tool("search")
+    methods = {"mutator": {"final_best_by_seed": {"0": 0.10, "1": 0.20, "2": 0.15}},
+               "random": {"final_best_by_seed": {"0": 0.05, "1": 0.12, "2": 0.11}}}
+    c = study.versus(methods, "mutator", "random")
+    assert c["interval"] == "paired over 3 search seeds"
+    assert c["difference"] == pytest.approx((0.05 + 0.08 + 0.04) / 3)
+    assert c["verdict"] == "the loop is better"  # the per-seed differences are all positive
+    methods["random"]["final_best_by_seed"] = {"3": 0.3, "4": -0.2}
+    assert study.versus(methods, "mutator", "random")["interval"].startswith("Welch")

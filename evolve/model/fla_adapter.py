@@ -140,7 +140,7 @@ def find_layer(tree: ast.Module, filename: str, name: str | None = None) -> ast.
     if layers:
         raise NotAnFlaLayer(f"{filename}: {len(layers)} classes have fla's layer interface "
                             f"({', '.join(c.name for c in layers)}); name the one to import "
-                            "(evolve import --layer CLASS)")
+                            "(evolve import --layer CLASS; `layer:` in a seed design)")
     held = f"its classes: {', '.join(c.name for c in classes)}" if classes else "no class"
     raise NotAnFlaLayer(f"{filename}: no fla-style layer ({held}); expected {EXPECTED}, or an "
                         "evolve mixer (class Mixer with __init__(cfg) and forward(x))")

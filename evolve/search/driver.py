@@ -34,6 +34,7 @@ from evolve.search.reuse_steps import ReuseSteps
 from evolve.search.proposers import MutatorProposer, Proposer
 from evolve.search.run_config import RunConfig, run_config_from_dict
 from evolve.search.scoring_steps import ScoringSteps
+from evolve.search.screening_steps import ScreeningSteps
 from evolve.state.journal import ACTIVE_STATUSES, COUNTED, RESUBMITTABLE_STATUSES, UNFINISHED
 from evolve.state.store import Store
 from evolve.state.view import RunView
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 MODEL_RETRY_S = 120.0
 """How often a driver with proposer auto and no model looks for a model server again."""
 
-class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, FollowUpSteps):
+class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, ScreeningSteps, FollowUpSteps):
     def __init__(self, cfg: RunConfig, *, force: bool = False,
                  proposer: Proposer | None = None, train_job: Callable[..., Any] | None = None,
                  reuse_results: bool = True) -> None:
@@ -146,6 +147,7 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, FollowUpSteps):
         """One pass: collect, score, analyze, propose. True if anything happened."""
         progressed = bool(self.launcher.poll())
         progressed |= self._score_finished()
+        progressed |= self._promote_screened()
         progressed |= self._analyze_scored()
         if self._should_stop():  # asked to stop: collect what finished, start nothing new
             return progressed
@@ -185,10 +187,19 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, FollowUpSteps):
 
     def _complete(self) -> bool:
         state = self.view.state
-        proposals = [c for c in state.candidates.values() if self.view.kind(c.id) == "proposal"]
-        counted = sum(c.status in COUNTED for c in proposals)
         unfinished = [c for c in state.candidates.values() if c.status in UNFINISHED]
-        return counted >= self.cfg.search.max_candidates and not unfinished
+        return self._proposals_left() <= 0 and not unfinished
+
+    def _proposals_left(self) -> int:
+        """Proposals the search may still make: search.max_candidates less those counted, and
+        none once the proposals' finished trainings used search.max_cpu_hours (baselines are
+        not counted: a run that reuses them from the cache gets the same budget)."""
+        state = self.view.state
+        proposals = [c for c in state.candidates.values() if self.view.kind(c.id) == "proposal"]
+        if self.cfg.search.max_cpu_hours is not None and sum(
+                c.cpu_hours for c in proposals) >= self.cfg.search.max_cpu_hours:
+            return 0
+        return self.cfg.search.max_candidates - sum(c.status in COUNTED for c in proposals)
 
     # ---- candidates ----------------------------------------------------------------------
 
@@ -248,18 +259,29 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, FollowUpSteps):
         return made
 
     def _propose_seed_designs(self) -> bool:
-        """search.seed_designs as first-generation proposals, each created once per run."""
+        """search.seed_designs as first-generation proposals, each created once per run; a design
+        file is adapted and screened for novelty as `evolve import` does (seed_designs.enter)."""
         from evolve.model.render import render
-        from evolve.search.seed_designs import seed_designs
+        from evolve.search.seed_designs import (SEED_PROPOSER, DesignFile, DuplicateDesign,
+                                                enter, seed_designs)
 
         state = self.view.state
         have = {self.view.proposal(c).get("seed_design") for c in state.candidates}
         made = False
-        for i, (spec, motivation) in enumerate(seed_designs(self.cfg.search.seed_designs)):
+        for i, design in enumerate(seed_designs(self.cfg.search.seed_designs)):
             if i in have:
                 continue
+            if isinstance(design, DesignFile):
+                try:
+                    enter(self, design.draft(), generation=1)
+                except DuplicateDesign as exc:  # journaled by _novel; the run goes on without it
+                    log.warning("seed_designs[%d]: %s", i, exc)
+                    continue
+                made = True
+                continue
+            spec, motivation = design
             cid = self._new_candidate(render(spec), {
-                "kind": "proposal", "proposer": "researcher's seed design", "seed_design": i,
+                "kind": "proposal", "proposer": SEED_PROPOSER, "seed_design": i,
                 "motivation": motivation, "parents": [], "spec": spec.to_dict()}, generation=1)
             self._gate(cid)
             made = True
@@ -273,15 +295,17 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, FollowUpSteps):
                  if c.id not in self.launcher.active]
         if not ready:
             return False
-        # One array per (seed, preset): the seed and the training settings are per submission.
-        groups: dict[tuple[int, str], list[str]] = {}
+        # One array per training config: seed, preset, fraction of the budget (screening) and
+        # whether the loss ceiling applies (proposals only) are per submission.
+        groups: dict[tuple[int, str, float, bool], list[str]] = {}
         for c in ready:
             p = self.view.proposal(c.id)
-            key = (p.get("seed", self.cfg.search.seed), p.get("preset") or "")
+            key = (p.get("seed", self.cfg.search.seed), p.get("preset") or "",
+                   self._fraction(c.id), p.get("kind") == "proposal")
             groups.setdefault(key, []).append(c.id)
         submitted = False
-        for (seed, preset_name), cids in sorted(groups.items()):
-            train_cfg = self._submitted_config(preset_name or None, seed)
+        for (seed, preset_name, fraction, ceiling), cids in sorted(groups.items()):
+            train_cfg = self._submitted_config(preset_name or None, seed, fraction, ceiling)
             generation = state.candidates[cids[0]].generation
             cids = self._reuse_results(cids, train_cfg)  # trained before, here or in another run
             if not cids:
@@ -316,11 +340,16 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, FollowUpSteps):
 
         return promote_launch(self.cfg)
 
-    def _submitted_config(self, preset_name: str | None, seed: int) -> dict[str, Any]:
-        """The training config a candidate at `preset_name` with `seed` is submitted with (also
-        what the result cache keys it by)."""
+    def _submitted_config(self, preset_name: str | None, seed: int, fraction: float = 1.0,
+                          ceiling: bool = False) -> dict[str, Any]:
+        """The training config a candidate at `preset_name` with `seed`, trained to `fraction`
+        of the budget, is submitted with (also what the result cache keys it by, less the loss
+        ceiling); `ceiling`: with the loss ceiling of search.fidelity."""
         train_cfg = to_dict(self._train_config(preset_name))
         train_cfg["seed"] = seed
+        train_cfg["budget_fraction"] = fraction
+        for track, pairs in (self._loss_ceilings(preset_name) if ceiling else {}).items():
+            train_cfg[track]["loss_ceiling"] = pairs
         return train_cfg
 
     def _train_config(self, preset_name: str | None) -> Any:

@@ -14,7 +14,6 @@ from typing import Any
 from evolve.gates.novelty import NoveltyIndex
 from evolve.model.space import MixerSpec
 from evolve.search.proposers import ArchiveEntry, Draft
-from evolve.state.journal import COUNTED
 
 
 class ProposeSteps:
@@ -49,8 +48,7 @@ class ProposeSteps:
 
     def _propose_if_room(self) -> bool:
         state = self.view.state
-        proposals = [c for c in state.candidates.values() if self.view.kind(c.id) == "proposal"]
-        remaining = self.cfg.search.max_candidates - sum(c.status in COUNTED for c in proposals)
+        remaining = self._proposals_left()
         room = self.cfg.search.max_in_flight - self._in_flight()
         n = min(remaining, room, self.cfg.search.generation_size)
         # Redo gates interrupted by a crash before anything new is proposed.
@@ -60,14 +58,7 @@ class ProposeSteps:
             return False
         generation = 1 + max((c.generation or 0) for c in state.candidates.values())
         archive = self._archive()
-        novelty = NoveltyIndex(self.cfg.novelty)
-        for e in archive:
-            code = self.store.candidate(e.id).mixer
-            if code.exists():
-                novelty.add(e.id, source=code.read_text(), motivation=e.motivation, spec=e.spec)
-        # Designs by their digest with "the run's conv width" pinned, so that a spec naming the
-        # width and one leaving it to the run are seen as the same design.
-        designs = {e.spec.digest(): e.id for e in archive if e.spec is not None}
+        novelty, designs = self._novelty_index(archive)
         made = 0
         for draft in self.proposer.propose(archive, n, generation):
             verdict = self._novel(draft, novelty, designs)
@@ -85,6 +76,18 @@ class ProposeSteps:
             self._gate(cid)
             made += 1
         return made > 0
+
+    def _novelty_index(self, archive: list[ArchiveEntry]
+                       ) -> tuple[NoveltyIndex, dict[str, str]]:
+        """What drafts are screened against: every archived candidate's code and idea, and the
+        designs by their digest with "the run's conv width" pinned (so that a spec naming the
+        width and one leaving it to the run are seen as the same design)."""
+        novelty = NoveltyIndex(self.cfg.novelty)
+        for e in archive:
+            code = self.store.candidate(e.id).mixer
+            if code.exists():
+                novelty.add(e.id, source=code.read_text(), motivation=e.motivation, spec=e.spec)
+        return novelty, {e.spec.digest(): e.id for e in archive if e.spec is not None}
 
     def _novel(self, draft: Draft, novelty: NoveltyIndex, designs: dict[str, str]) -> Any:
         """The novelty verdict on a draft; None (journaled) for a design or file already in the

@@ -28,7 +28,11 @@ class ReuseSteps:
 
     def _training_key(self, cid: str, train_cfg: dict[str, Any]) -> str:
         code = self.store.candidate(cid).mixer.read_text(encoding="utf-8")
-        return training_key(code, train_cfg, versions())
+        # The loss ceiling is left out: a training it did not stop is the training without it,
+        # and one it stopped failed (failed trainings are not stored).
+        plain = {k: ({**v, "loss_ceiling": []} if isinstance(v, dict) and "loss_ceiling" in v
+                     else v) for k, v in train_cfg.items()}
+        return training_key(code, plain, versions())
 
     def _reuse_results(self, cids: list[str], train_cfg: dict[str, Any]) -> list[str]:
         """`cids` less those whose training the cache already holds (journaled `reused`)."""
@@ -58,6 +62,7 @@ class ReuseSteps:
             return
         p = self.view.proposal(cid)
         train_cfg = self._submitted_config(p.get("preset") or None,
-                                           p.get("seed", self.cfg.search.seed))
+                                           p.get("seed", self.cfg.search.seed),
+                                           float(result.get("budget_fraction", 1.0)))
         cache.put(self._training_key(cid, train_cfg), result, self.store.candidate(cid).metrics,
                   source=str(self.store.candidate(cid).dir))

@@ -21,6 +21,7 @@ from evolve.agents.cognition import CognitionConfig
 from evolve.config.loading import (ConfigError, check_keys, choice, deep_update, from_dict, positive,
                              read_yaml, to_dict)
 from evolve.launch.executors import LaunchConfig
+from evolve.search.fidelity import FidelityConfig
 from evolve.search.followup import PromoteConfig
 from evolve.agents.llm_config import LLMConfig
 from evolve.search.mutator import MutatorConfig
@@ -73,7 +74,10 @@ class SearchConfig:
     (the table is in the run's ablation file and the report)."""
     seed_designs: tuple[dict[str, Any], ...] = ()
     """The researcher's own designs, trained in the first generation as proposals: each a spec
-    mapping, optionally `base: <baseline>` plus the fields that differ and a `motivation`
+    mapping, optionally `base: <baseline>` plus the fields that differ and a `motivation`, or a
+    design file, `file:` a layer written against fla's layer interface (or an evolve mixer) with
+    an optional `name`, `layer` and `motivation`, adapted as `evolve import` adapts it; a relative
+    `file` is resolved against the run file's folder and run.yaml freezes the absolute path
     (see evolve/search/seed_designs.py). They pass the gates like any proposal and, once trained,
     count towards max_candidates."""
     promote: PromoteConfig = field(default_factory=PromoteConfig)
@@ -82,6 +86,12 @@ class SearchConfig:
     """Engineer attempts on a candidate that fails a gate (llm proposer only)."""
     max_gpu_hours: float | None = None
     """Stop when the trainings have used this many GPU-hours (None: no limit)."""
+    max_cpu_hours: float | None = None
+    """Propose nothing more once the proposals' finished trainings used this many CPU-hours
+    (their processes' CPU time; baselines not counted), and end when the trainings in flight
+    are done (None: no limit). The search studies compare methods at equal CPU-hours with it."""
+    fidelity: FidelityConfig = field(default_factory=FidelityConfig)
+    """Multi-fidelity screening: rungs, eta, early termination (evolve/search/fidelity.py)."""
     max_wall_hours: float | None = None
     """Stop this long after the run first started (None: no limit)."""
     seed: int = 0
@@ -96,6 +106,9 @@ class SearchConfig:
         for name in ("max_candidates", "generation_size", "max_in_flight", "baseline_seeds",
                      "confirm_seeds"):
             positive(name, getattr(self, name))
+        for name in ("max_cpu_hours", "max_gpu_hours", "max_wall_hours"):
+            if getattr(self, name) is not None:
+                positive(name, getattr(self, name))
         if not self.baselines:
             raise ValueError("baselines is empty: fitness is measured against baselines")
         from evolve.model.contract import BASELINE_NAMES
@@ -105,7 +118,10 @@ class SearchConfig:
         from evolve.search.seed_designs import seed_designs
 
         self.seed_designs = tuple(self.seed_designs)
-        seed_designs(self.seed_designs)  # every entry a valid design, or a ValueError naming it
+        # Every entry a valid design, or a ValueError naming it. Design files are checked in
+        # shape only: a frozen run.yaml (evolve verify, fsck) must load after the file is gone;
+        # a run file's are read when it loads (_resolve).
+        seed_designs(self.seed_designs)
 
 
 @dataclass(kw_only=True)
@@ -182,12 +198,32 @@ def _resolve(data: dict[str, Any], source: str, lines: dict[str, int]) -> RunCon
         raise ConfigError(f"{where}: unknown preset {preset_name!r}; valid presets: "
                           f"{', '.join(PRESETS)}")
     train_over = data.pop("train", None) or {}
+    search = data.get("search")
+    if isinstance(search, dict) and "seed_designs" in search:
+        from evolve.search.seed_designs import resolve_files
+
+        data["search"] = {**search, "seed_designs": resolve_files(search["seed_designs"],
+                                                                  Path(source).parent)}
     base = to_dict(preset(preset_name))
     check_keys(TrainConfig, train_over, source, lines, "train")
     data["train"] = deep_update(base, train_over)
     cfg = from_dict(RunConfig, merge_site(data), source=source, lines=lines)
     check_runnable(cfg, source)  # a run file, not a frozen run.yaml: refuse what cannot run
+    _check_seed_files(cfg, source, lines)
     return cfg
+
+
+def _check_seed_files(cfg: RunConfig, source: str, lines: dict[str, int]) -> None:
+    """The run file's design files (search.seed_designs) read and adapted now: a missing file or
+    one that is not a layer is a config error naming the run file's line and the entry."""
+    from evolve.search.seed_designs import check_files
+
+    try:
+        check_files(cfg.search.seed_designs)
+    except ValueError as exc:
+        line = lines.get("search.seed_designs")
+        raise ConfigError(f"{source}{f':{line}' if line else ''}: invalid 'search': {exc}"
+                          ) from None
 
 
 def load_run_config(path: str | Path) -> RunConfig:

@@ -13,6 +13,7 @@ from typing import Any
 from evolve.gates.check import GATES, check_file, leakage_verdict
 from evolve.model.render import describe
 from evolve.search.fitness import Reference, fitness
+from evolve.search.screening_steps import cpu_hours
 from evolve.state.journal import DROPPED, TRAINED
 
 
@@ -53,17 +54,24 @@ class ScoringSteps:
         progressed = False
         references: dict[str | None, Reference | None] = {}
         for c in done:
+            result = self.view.result(c.id) or {}
+            if result.get("status") != "ok":
+                self.store.record("failed", c.id, error=result.get("reason", "no result file"),
+                                  cpu_hours=cpu_hours(result),
+                                  **({"stopped_early": True} if result.get("stopped_early")
+                                     else {}))
+                progressed = True
+                continue
+            if float(result.get("budget_fraction", 1.0)) < 1.0:
+                progressed |= self._score_rung(c.id, result)  # a screening rung
+                continue
             preset = self.view.proposal(c.id).get("preset")
             if preset not in references:
                 references[preset] = self._reference(preset)
             reference = references[preset]
             if reference is None:
                 continue  # the reference baseline at this preset is still training
-            result = self.view.result(c.id) or {}
             progressed = True
-            if result.get("status") != "ok":
-                self.store.record("failed", c.id, error=result.get("reason", "no result file"))
-                continue
             score = fitness(result, reference, self.cfg.fitness)
             leak = self._leakage(c.id, result, reference, preset)
             if leak is not None and not leak["passed"]:
@@ -72,7 +80,8 @@ class ScoringSteps:
                 continue
             if leak is not None:
                 score["leakage"] = leak
-            self.store.record("scored", c.id, fitness=score["fitness"], terms=score)
+            self.store.record("scored", c.id, fitness=score["fitness"], terms=score,
+                              cpu_hours=cpu_hours(result))
             self._remember_result(c.id, result)
         return progressed
 

@@ -17,7 +17,12 @@ Events and the status they give a candidate (an event may also carry ``status`` 
 ignored by replay)::
 
     created proposed checked rejected submitted submit_failed running done failed lost
-    cancelled scored analyzed
+    cancelled scored analyzed reused(done) rung(paused) promoted(checked)
+
+A screened training (search.fidelity) stops at a rung: `rung` (with ``rung``: the fraction of
+the budget, ``rung_fitness``) pauses it; `promoted` (with ``fraction``: the next one) makes it
+submittable again, to continue from its rung checkpoint. ``cpu_hours`` on any event adds to the
+candidate's total (a screened training costs several jobs).
 
 Fields copied into the candidate's state when present: generation, parents, island, fitness,
 job_id, gpu_hours, requeues, error, submission. ``submitted`` also appends its job_id to job_ids
@@ -53,12 +58,15 @@ EVENT_STATUS: dict[str, str] = {
     "cancelled": "cancelled",
     "scored": "scored",
     "analyzed": "analyzed",
+    "rung": "paused",
+    "promoted": "checked",
 }
 """Journal event -> the candidate status it sets."""
 
 TRAINED = ("done", "scored", "analyzed")
 """Statuses of candidates whose training finished with a result."""
-COUNTED = ("submitted", "running", *TRAINED, "failed", "lost", "submit_failed", "checked")
+COUNTED = ("submitted", "running", *TRAINED, "failed", "lost", "submit_failed", "checked",
+           "paused")
 """Statuses of proposals that count towards search.max_candidates."""
 DROPPED = ("failed", "rejected", "cancelled")
 """Statuses of candidates the driver does not work on any more, without a result."""
@@ -104,6 +112,10 @@ class CandidateState:
     attempts: int = 0
     requeues: int = 0
     gpu_hours: float = 0.0
+    cpu_hours: float = 0.0
+    """CPU time of its trainings (the sum over its jobs: rungs and continuation)."""
+    rungs: dict[float, float] = field(default_factory=dict)
+    """Screening rungs reached: fraction of the budget -> fitness there."""
     error: str | None = None
     submission: str | None = None
     created: float = 0.0
@@ -198,6 +210,10 @@ def _apply(cands: dict[str, CandidateState], cid: str, name: Any, ev: dict[str, 
     for key in _COPIED:
         if key in ev:
             setattr(st, key, ev[key])
+    if "cpu_hours" in ev:
+        st.cpu_hours += float(ev["cpu_hours"])
+    if name == "rung":
+        st.rungs[float(ev["rung"])] = ev.get("rung_fitness")
     if name == "submitted":
         st.attempts += 1
         if ev.get("job_id"):

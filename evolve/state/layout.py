@@ -106,6 +106,11 @@ class CandidatePaths:
     def result(self) -> Path:
         return self.dir / "result.json"
 
+    def rung_result(self, fraction: float) -> Path:
+        """The result file of the training to `fraction` of the budget (a screening rung),
+        kept when the continuation to the whole budget replaces the result file."""
+        return self.dir / f"rung-{fraction:g}.json"
+
     @property
     def analysis(self) -> Path:
         return self.dir / "analysis.json"

@@ -79,9 +79,15 @@ class TrackConfig:
     """Save a resumable checkpoint every this many steps (and on a pre-emption signal)."""
     diverge_loss: float = 20.0
     """A loss above this (or NaN/Inf) stops the track as diverged."""
+    loss_ceiling: tuple[tuple[int, float], ...] = ()
+    """(step, loss) pairs: a training whose loss at one of these steps is above the value stops
+    early (status stopped_early, its curve kept). The driver sets them from the run's
+    baselines (search.fidelity.stop_margin above every baseline's loss at that step); empty:
+    no such stop."""
 
     def __post_init__(self) -> None:
         choice("task", self.task, TASKS)
+        self.loss_ceiling = tuple((int(step), float(loss)) for step, loss in self.loss_ceiling)
         for name in ("batch_size", "seq_len", "max_steps", "log_every", "checkpoint_every"):
             positive(name, getattr(self, name))
         if self.micro_batch_size is not None:
@@ -108,6 +114,10 @@ class TrackConfig:
         if self.max_tokens is None:
             return self.max_steps
         return max(1, min(self.max_steps, self.max_tokens // (self.batch_size * self.seq_len)))
+
+    def steps_at(self, fraction: float) -> int:
+        """The step a training to `fraction` of the budget stops at (at least 1)."""
+        return max(1, min(self.total_steps(), round(self.total_steps() * fraction)))
 
 
 @dataclass(kw_only=True)

@@ -31,6 +31,7 @@ import submitit
 from evolve.config.loading import to_dict
 from evolve.state.fsio import atomic_write_json
 from evolve.state.layout import CandidatePaths
+from evolve.state.result_cache import versions
 from evolve.model.contract import MixerLoadError, load_mixer_class, resolve_mixer_path
 from evolve.train.presets import TrainConfig, train_config_from_dict
 from evolve.train.distributed import Ranks, setup_ranks
@@ -118,6 +119,12 @@ def _headline(tracks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def train_candidate(mixer: str | Path, cfg: TrainConfig, folder: Path,
                     signals: DeferredSignals, on_step=None,
                     ranks: Ranks = Ranks()) -> dict[str, Any]:
@@ -129,16 +136,24 @@ def train_candidate(mixer: str | Path, cfg: TrainConfig, folder: Path,
 
     folder.mkdir(parents=True, exist_ok=True)
     train_dir = folder / "train"
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
+    rung = cfg.budget_fraction < 1.0
     result: dict[str, Any] = {
         "version": RESULT_VERSION, "mixer": str(mixer), "seed": cfg.seed, "status": "ok",
+        "budget_fraction": cfg.budget_fraction,
         "host": platform.node(), "world_size": ranks.world_size, "config": to_dict(cfg),
-        "tracks": {},
+        # What a result depends on besides code, config and seed: the libraries' versions and
+        # torch's thread count (a float sum's order, hence the last bits, follows both).
+        "versions": versions(), "tracks": {},
     }
     try:
         mixer_cls = load_mixer_class(mixer)
         for name, track in cfg.tracks().items():
-            done_file = train_dir / name / "done.json"
+            # A track that reached this training's end records it once, so a requeued job
+            # never trains or evaluates it twice; a rung's record is its own (a continuation
+            # to the whole budget trains on from the rung's checkpoint).
+            done_file = train_dir / name / (f"rung-{cfg.budget_fraction:g}.json" if rung
+                                            else "done.json")
             if done_file.exists():
                 result["tracks"][name] = json.loads(done_file.read_text())
                 continue
@@ -147,21 +162,24 @@ def train_candidate(mixer: str | Path, cfg: TrainConfig, folder: Path,
             outcome = run_track(name, track, cfg.runtime, mixer_cls, batches, train_dir,
                                 cfg.seed, signals, mixer_source=str(mixer),
                                 on_step=(lambda s, loss, n=name: on_step(n, s, loss))
-                                if on_step else None, ranks=ranks)
+                                if on_step else None, ranks=ranks,
+                                stop_step=track.steps_at(cfg.budget_fraction) if rung else None)
             summary = outcome.summary()
             # Which kernel each op ran on (chunk on CPU, fla on a GPU where fla works), and why.
             summary["kernel_backends"] = used_backends()
             if not ranks.is_main:
                 result["tracks"][name] = summary
                 continue
-            if outcome.status in ("done", "time_budget"):
+            if outcome.status in ("done", "time_budget", "rung"):
                 summary["eval"] = _evaluate(name, outcome, cfg, data)
             done_file.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(done_file, summary)
             result["tracks"][name] = summary
-            if outcome.status == "diverged":
+            if outcome.status in ("diverged", "stopped_early"):
                 result["status"] = "failed"
-                result["reason"] = f"{name} track diverged: {outcome.reason}"
+                result["reason"] = f"{name} track {outcome.status.replace('_', ' ')}: " \
+                                   f"{outcome.reason}"
+                result["stopped_early"] = outcome.status == "stopped_early"
                 break
     except (Interrupted, SystemExit, KeyboardInterrupt):
         raise  # pre-emption: the checkpoint is saved and the job will resume
@@ -178,6 +196,10 @@ def train_candidate(mixer: str | Path, cfg: TrainConfig, folder: Path,
             used.setdefault(op, set()).update(backends)
     result["kernel_backends"] = {op: sorted(b) for op, b in sorted(used.items())}
     result["wall_s"] = round(time.time() - started, 2)
+    # This process's CPU time (all its threads): what a training cost, robust to a machine
+    # shared with other work (wall time is not). Rank 0's alone with several ranks.
+    result["cpu_s"] = round(time.process_time() - cpu_started, 2)
+    result["torch_threads"] = torch_threads()  # as the training set it
     if ranks.is_main:
         atomic_write_json(CandidatePaths.of(folder).result, result)
     return result

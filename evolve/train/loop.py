@@ -134,7 +134,8 @@ class TrackOutcome:
     """How a track ended and what it measured; `model` is kept for evaluation."""
 
     status: str
-    """done, time_budget, diverged or failed."""
+    """done, time_budget, rung (stopped at a screening rung, to be continued), diverged,
+    stopped_early (above the loss ceiling) or failed."""
     steps: int
     tokens: int
     wall_s: float
@@ -259,14 +260,18 @@ def _open_metrics(path: Path, track: str, start: int, ranks: Ranks) -> MetricsLo
 def run_track(name: str, cfg: TrackConfig, runtime: RuntimeConfig, mixer_cls: type,
               batches: Batches, folder: Path, seed: int, signals: DeferredSignals,
               mixer_source: str = "mixer", on_step: Callable[[int, float], None] | None = None,
-              ranks: Ranks = Ranks()) -> TrackOutcome:
+              ranks: Ranks = Ranks(), stop_step: int | None = None) -> TrackOutcome:
     """Train one track to its budget, resuming from `folder/<name>/` if a checkpoint is there.
 
-    With N ranks, `batches(step)` gives this rank's rows of the global batch; every rank runs
-    this function, rank 0 alone writes the metrics."""
+    `stop_step` (a screening rung) ends the training there instead, checkpointed (status
+    "rung"), on the whole budget's schedule, so that a later call continues it. With N ranks,
+    `batches(step)` gives this rank's rows of the global batch; every rank runs this function,
+    rank 0 alone writes the metrics."""
     device, group, engine, num_params = _prepare(cfg, runtime, mixer_cls, mixer_source, seed,
                                                  signals, ranks)
     total = cfg.total_steps()
+    end = min(total, stop_step or total)
+    ceiling = dict(cfg.loss_ceiling)
     ckpt_dir = folder / name
     extra = engine.load(ckpt_dir) or {}
     start = extra.get("step", 0)
@@ -292,7 +297,7 @@ def run_track(name: str, cfg: TrackConfig, runtime: RuntimeConfig, mixer_cls: ty
     train_time = 0.0
     step_tokens = cfg.batch_size * cfg.seq_len
     status, reason = "done", ""
-    for step in range(start, total):
+    for step in range(start, end):
         with signals.step():
             inputs, targets = batches(step)
             t_step = time.perf_counter()
@@ -307,7 +312,11 @@ def run_track(name: str, cfg: TrackConfig, runtime: RuntimeConfig, mixer_cls: ty
                 on_step(step + 1, last_loss)
             if not math.isfinite(last_loss) or last_loss > cfg.diverge_loss:
                 status, reason = "diverged", f"loss {last_loss} at step {step + 1}"
-            if (step + 1) % cfg.log_every == 0 or step + 1 == total or status != "done":
+            elif step + 1 in ceiling and last_loss > ceiling[step + 1]:
+                status, reason = "stopped_early", (
+                    f"loss {last_loss:.4f} at step {step + 1} is above the loss ceiling "
+                    f"{ceiling[step + 1]:.4f} (every baseline's loss there plus the margin)")
+            if (step + 1) % cfg.log_every == 0 or step + 1 in (end, total) or status != "done":
                 metrics.write({"track": name, "step": step + 1, "loss": last_loss,
                                "lr": out["lr"], "grad_norm": out["grad_norm"], "tokens": tokens,
                                "tokens_per_s": step_tokens * (step + 1 - start)
@@ -315,7 +324,7 @@ def run_track(name: str, cfg: TrackConfig, runtime: RuntimeConfig, mixer_cls: ty
                                "mem_mb": round(peak_memory_mb(device), 1), "time": time.time()})
             if status != "done":
                 break
-            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < end:
                 save()
             # Ranks' clocks differ: they agree, so that all stop at the same step.
             if cfg.max_time_s and agree_to_stop(elapsed + time.time() - t0 > cfg.max_time_s,
@@ -324,7 +333,9 @@ def run_track(name: str, cfg: TrackConfig, runtime: RuntimeConfig, mixer_cls: ty
                 break
     signals.save_hook = None
     metrics.close()
-    if status in ("done", "time_budget"):
+    if status == "done" and state["step"] < total:
+        status, reason = "rung", f"stopped at the rung step {state['step']} of {total}"
+    if status in ("done", "time_budget", "rung"):
         save()
     done_steps = state["step"]
     return TrackOutcome(

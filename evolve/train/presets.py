@@ -42,8 +42,14 @@ class TrainConfig:
     """What is measured after training."""
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     """Device, precision, engine."""
+    budget_fraction: float = 1.0
+    """Train each track to this fraction of its steps, on the schedule of the whole budget,
+    then checkpoint and evaluate: a screening rung (search.fidelity). A later training of the
+    same folder with a larger fraction continues from that checkpoint, repeating no step."""
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.budget_fraction <= 1.0:
+            raise ValueError(f"budget_fraction={self.budget_fraction} must lie in (0, 1]")
         if self.lm is None and self.mqar is None:
             raise ValueError("both tracks are off: set lm, mqar or both")
         if self.lm is not None and self.lm.task != "lm":

@@ -186,11 +186,16 @@ def _rows(view: RunView) -> list[dict[str, Any]]:
             continue
         if result is None:
             continue
+        rung = float(result.get("budget_fraction", 1.0))
         if kind == "baseline":
+            if rung < 1.0:
+                continue  # between screening rungs: its whole-budget result is yet to come
             if prop.get("preset") is None:  # promotion-preset baselines are references only
                 baselines.setdefault(str(prop.get("name") or c.id), []).append((c.id, result))
             continue
-        m = result.get("metrics", {})
+        # A screened proposal (paused at a rung, or continuing) has no whole-budget metrics
+        # yet: its rung's fitness is shown apart, never ranked with whole trainings.
+        m = result.get("metrics", {}) if rung == 1.0 else {}
         confs = view.confirmations(c.id)
         conf = confs.get(None)
         if conf is not None:
@@ -215,7 +220,8 @@ def _rows(view: RunView) -> list[dict[str, Any]]:
                      "replicas": len([r for r in view.derived(c.id, "replica")
                                       if view.proposal(r).get("preset") is None]),
                      "verify": {p: verdict_word(v) for p, v in confs.items() if p is not None},
-                     "members": (conf or {}).get("members") or [c.id]})
+                     "members": (conf or {}).get("members") or [c.id],
+                     "rung": rung if rung < 1.0 else None, "rung_fitness": c.rungs.get(rung)})
     for name, members in baselines.items():
         cands = [state.candidates[cid] for cid, _ in members]
         fits = [c.fitness for c in cands if c.fitness is not None]
@@ -321,6 +327,8 @@ def status(run: Path | RunView) -> dict[str, Any]:
             "generations": max((c.generation or 0 for c in state.candidates.values()), default=0),
             "in_flight": sum(by_status.get(s, 0) for s in ACTIVE_STATUSES),
             "gpu_hours": round(sum(c.gpu_hours for c in state.candidates.values()), 4),
+            "cpu_hours": round(sum(c.cpu_hours for c in state.candidates.values()), 4),
+            "screening": _screening(events),
             "driver": (f"running (pid {holder.get('pid')} on {holder.get('host')})"
                        if holder else "running" if holder is not None else
                        "died without stopping (no process holds the driver lock)" if started else
@@ -333,6 +341,25 @@ def status(run: Path | RunView) -> dict[str, Any]:
             "llm": {"source": ready.get("source") if ready else None,
                     "calls": dict(sorted(calls.items())), "proposals": llm_proposals,
                     "fallbacks": fallbacks, "analyzers": dict(sorted(analyzers.items()))}}
+
+
+def _screening(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """search.fidelity's work so far: per rung, the proposals that reached it and went on, and
+    the trainings stopped early for being far behind every baseline (None: no screening)."""
+    rungs: dict[float, dict[str, int]] = {}
+    baselines = {e.get("candidate") for e in events
+                 if e.get("event") == "promoted" and e.get("reason") == "a baseline"}
+    at: dict[str, float] = {}
+    for e in events:
+        if e.get("event") == "rung" and e.get("candidate") not in baselines:
+            at[e["candidate"]] = float(e["rung"])
+            rungs.setdefault(float(e["rung"]), {"reached": 0, "went_on": 0})["reached"] += 1
+        elif e.get("event") == "promoted" and e.get("candidate") in at:
+            rungs[at[e["candidate"]]]["went_on"] += 1
+    stopped = sum(bool(e.get("event") == "failed" and e.get("stopped_early")) for e in events)
+    if not rungs and not stopped:
+        return None
+    return {"rungs": {f"{r:g}": v for r, v in sorted(rungs.items())}, "stopped_early": stopped}
 
 
 def _local_trainings(view: RunView) -> list[dict[str, Any]]:
@@ -364,11 +391,16 @@ def print_status(run: Path, as_json: bool = False) -> int:
         return 0
     print(f"run {s['run']}: driver {s['driver']}")
     print(f"  candidates {s['candidates']} in {s['generations']} generations; in flight "
-          f"{s['in_flight']}; GPU-hours {s['gpu_hours']}")
+          f"{s['in_flight']}; GPU-hours {s['gpu_hours']}; CPU-hours {s['cpu_hours']}")
     print("  by status: " + ", ".join(f"{k} {v}" for k, v in sorted(s["by_status"].items())))
     if s["local_trainings"]:
         print(f"  live local trainings (`evolve stop {s['run']} --jobs` ends them): " + ", ".join(
             f"{t['candidate'] or '?'} pid {t['pid']}" for t in s["local_trainings"]))
+    if s["screening"]:
+        print("  screening: " + "; ".join(
+            f"rung {r}: {v['went_on']} of {v['reached']} proposals went on"
+            for r, v in s["screening"]["rungs"].items())
+            + f"; stopped early behind every baseline: {s['screening']['stopped_early']}")
     if s["reused"]:
         print(f"  results reused from the site's result cache (not trained again): {s['reused']}")
     if s["novelty_returned"]:
@@ -417,7 +449,10 @@ def print_top(run: Path, limit: int = 20, as_json: bool = False) -> int:
         return 0
     head = ("rank", "id", "kind", "fitness", "mean ± ci95", "seeds", "verdict", "bpb", "MQAR",
             "tok/s", "promotion", "what")
-    table = [(str(i + 1), r["id"], r["kind"], _fmt(r["fitness"], "+.4f"),
+    # A screened proposal's fitness is its rung's, marked with the fraction of the budget.
+    table = [(str(i + 1), r["id"], r["kind"],
+              _fmt(r["fitness"], "+.4f") if not r.get("rung") else
+              f"{_fmt(r.get('rung_fitness'), '+.4f')} at {r['rung']:g}",
               fmt_ci(r["mean"], r["ci95"]), str(r["seeds"]), r["verdict"],
               _fmt(r["bpb"], ".4f"), _fmt(r["mqar"], ".3f"), _fmt(r["tokens_per_s"], ",.0f"),
               ", ".join(f"{p}: {w}" for p, w in r["verify"].items()) or "-",

@@ -272,6 +272,79 @@ def remeasure_table(run: Path, designs: list[dict[str, Any]], out: Path,
     return text
 
 
+def export(designs: list[dict[str, Any]], folder: Path) -> list[Path]:
+    """Each design adapted (`evolve import`'s adapter) into folder/<name>.py, for trainings by
+    path (tools/study/proxy.py trains them with --no-check: a design that fails a gate is
+    still measured, and its row says which gate it fails)."""
+    from evolve.model.fla_adapter import adapt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for d in designs:
+        path = folder / f"{d['name']}.py"
+        path.write_text(adapt(d["program"], path.name).code)
+        paths.append(path)
+    return paths
+
+
+def gate_word(census: Path, name: str) -> str:
+    """What the census says of a design's gates: 'passes every gate' or the failed gate."""
+    record = census / "census" / f"{name}.json"
+    if not record.exists():
+        return "not in the census"
+    r = json.loads(record.read_text())
+    if r.get("passed"):
+        return "passes every gate"
+    failed = next((v for v in r.get("verdicts", []) if not v.get("passed")), {})
+    return f"fails {r.get('failed_gate')}: {_clip(str(failed.get('message', '')))[:160]}"
+
+
+def records_table(records: Path, designs: list[dict[str, Any]], baselines: list[str],
+                  pairs: str, out: Path, seeds: int) -> str:
+    """The re-measurement from tools/study/proxy.py's records (<records>/<name>-s<seed>.json):
+    each design against each of `baselines` on bits per byte and recall at `pairs`, Welch 95%
+    intervals, beside ASI-Arch's reported benchmark average and the census's gate verdict."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from designs import compare, markdown  # tools/study/designs.py
+
+    def design(name: str, kind: str) -> dict[str, Any]:
+        found: dict[str, Any] = {"name": name, "code_hash": name, "kind": kind,
+                                 "candidates": [], "seeds": {}}
+        for seed in range(seeds):
+            path = records / f"{name}-s{seed}.json"
+            if not path.exists():
+                continue
+            r = json.loads(path.read_text())
+            if r.get("status") != "ok":
+                continue
+            m = r.get("metrics") or {}
+            found["candidates"].append(path.name)
+            found["seeds"][seed] = {"bpb": m.get("bpb"),
+                                    "mqar": (m.get("mqar_acc_by_pairs") or {}).get(pairs)}
+        return found
+
+    pool = {b: design(b, "baseline") for b in baselines}
+    pool.update({d["name"]: design(d["name"], "proposal") for d in designs})
+    rows = [r for r in compare(pool, seeds) if r["kind"] == "proposal"]
+    reported = {d["name"]: d["benchmarks"].get("average") for d in designs}
+    missing = [d["name"] for d in designs if len(pool[d["name"]]["seeds"]) < seeds]
+    for row in rows:
+        row["asi_arch_reported_average"] = reported.get(row["design"])
+        row["gates"] = gate_word(DEFAULT_OUT, row["design"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "remeasure.json").write_text(json.dumps(
+        {"records": str(records), "pairs": pairs, "seeds": seeds, "rows": rows,
+         "missing": missing}, indent=1))
+    text = markdown(rows, int(pairs)) + "\n| design | ASI-Arch's reported benchmark average | " \
+        "evolve's gates |\n|---|---|---|\n" + "".join(
+            f"| {d['name']} | {reported[d['name']]} | {gate_word(DEFAULT_OUT, d['name'])} |\n"
+            for d in designs)
+    if missing:
+        text += f"\nFewer than {seeds} seeds yet: {', '.join(missing)}\n"
+    (out / "remeasure.md").write_text(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
@@ -292,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines", default="deltanet,gated_deltanet",
                         help="comma-separated baselines (add the strongest modern one)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per design and baseline")
+    parser.add_argument("--export", type=Path, metavar="FOLDER",
+                        help="write the --best (or --names) designs, adapted, to FOLDER/<name>.py")
+    parser.add_argument("--remeasure-records", type=Path, metavar="RECORDS",
+                        help="the re-measurement table from tools/study/proxy.py's --record "
+                             "folder (the designs and --baselines trained with --seeds seeds)")
+    parser.add_argument("--pairs", default="16", help="MQAR pairs of the recall column")
     args = parser.parse_args(argv)
     designs = load_designs(args.data)
     if args.names:
@@ -300,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown design(s) {', '.join(unknown)} in {args.data}")
         designs = [d for d in designs if d["name"] in wanted]
-    if args.best and not args.remeasure_setup:
+    if args.best and not (args.remeasure_setup or args.export or args.remeasure_records):
         for d in best(designs, args.best):
             print(f"{d['benchmarks']['average']:.4f}  {d['name']}  ({d['name_new']})")
     if args.census:
@@ -313,9 +392,17 @@ def main(argv: list[str] | None = None) -> int:
             print(command)
     if args.remeasure_table:
         print(remeasure_table(args.remeasure_table, designs, args.out, args.seeds), end="")
-    if not (args.best or args.census or args.remeasure_setup or args.remeasure_table):
-        parser.error("nothing to do: give --census, --best N, --remeasure-setup or "
-                     "--remeasure-table")
+    chosen = best(designs, args.best) if args.best else designs
+    if args.export:
+        for path in export(chosen, args.export):
+            print(path)
+    if args.remeasure_records:
+        print(records_table(args.remeasure_records, chosen, args.baselines.split(","),
+                            args.pairs, args.out, args.seeds), end="")
+    if not (args.best or args.census or args.remeasure_setup or args.remeasure_table
+            or args.export or args.remeasure_records):
+        parser.error("nothing to do: give --census, --best N, --export, --remeasure-setup, "
+                     "--remeasure-table or --remeasure-records")
     return 0
 
 

@@ -48,7 +48,7 @@ from typing import Any
 from evolve.search.run_config import (PROPOSERS, default_run_config, load_run_config,
                            run_config_from_dict)
 from evolve.config.loading import to_dict
-from evolve.search.fitness import mqar_accuracy
+from evolve.search.fitness import diff_ci, mean_ci, mqar_accuracy
 from evolve.state.fsio import read_json
 from evolve.state.store import Store
 from evolve.state.view import RunView
@@ -63,11 +63,14 @@ def run_name(method: str, seed: int) -> str:
     return f"search-{method}-s{seed}"
 
 
-def run_config(base: Any, method: str, seed: int, trainings: int, out: Path) -> Any:
+def run_config(base: Any, method: str, seed: int, trainings: int, out: Path,
+               cpu_hours: float | None = None) -> Any:
     data = to_dict(base)
     data["name"] = run_name(method, seed)
     data["root"] = str(out)
     data["search"].update(seed=seed, max_candidates=trainings)
+    if cpu_hours is not None:
+        data["search"]["max_cpu_hours"] = cpu_hours
     # The random control's proposer is passed to the driver; run.yaml names it where the
     # config knows the value, else `mutator` (never `auto`, which would probe for a model).
     if method == "random" and "random" not in PROPOSERS:
@@ -95,108 +98,116 @@ def run_search(cfg: Any, method: str, seed: int, force: bool) -> str | None:
 
 
 def read_run(run: Path) -> dict[str, Any]:
-    """The run's proposal trainings in the order they finished, with cost and best-so-far."""
+    """The run's proposal trainings in the order they were evaluated, with cost and best-so-far.
+
+    An entry is a proposal's evaluation: at the whole budget (`scored`, its fitness), at a
+    screening rung (`rung`, its rung fitness; the best-so-far counts whole-budget fitness
+    only) or a failure (`failed`, stopped early included). `cpu_hours` is the running total of
+    the proposals' CPU time (the journal's cpu_hours: each job's process CPU time; a reused
+    result costs nothing). The run's best baseline on each axis (lowest bits per byte, highest
+    recall at fitness.mqar_pairs, over its seeds' mean) is the bar a proposal must clear on
+    both at once."""
     view = RunView.open(run)
     store, state = view.store, view.state
     config = store.config()
-    runtime = config.get("train", {}).get("runtime", {})
-    threads = runtime.get("num_threads") or config.get("launch", {}).get("cpus_per_task") or 1
-
-    def result_of(cid: str) -> dict[str, Any]:
-        return view.result(cid) or {}
-
-    def cpu_hours(cid: str) -> float:
-        result = result_of(cid)
-        seconds = result.get("wall_s")
-        if seconds is None:
-            seconds = (view.file(cid, "job") or {}).get("elapsed_s") or 0.0
-        used = ((result.get("config") or {}).get("runtime") or {}).get("num_threads") or threads
-        return float(seconds) * used / 3600.0
-
     pairs = (config.get("fitness") or {}).get("mqar_pairs")
 
     def scores(cid: str) -> tuple[float | None, float | None]:
         """Bits per byte and MQAR accuracy at the run's fitness.mqar_pairs, of an ok result."""
-        result = result_of(cid)
-        if result.get("status") != "ok":
+        result = view.result(cid) or {}
+        if result.get("status") != "ok" or float(result.get("budget_fraction", 1.0)) < 1.0:
             return None, None
         metrics = result.get("metrics") or {}
         return metrics.get("bpb"), mqar_accuracy(metrics, pairs)
 
     proposals = {cid: view.proposal(cid) for cid in state.candidates}
-    finished: list[str] = []
-    gpu: dict[str, float] = {}
-    t0 = None
-    for ev in store.events():
-        t0 = ev.get("t") if t0 is None else t0
-        cid = ev.get("candidate")
-        # The launcher's done/failed ends a training (a later `failed` for a bad result.json
-        # is the same training); `lost` is resubmitted, so it does not.
-        if ev.get("event") in ("done", "failed") and cid in state.candidates \
-                and cid not in gpu and state.candidates[cid].attempts > 0:
-            gpu[cid] = float(ev.get("gpu_hours") or 0.0)
-            finished.append(cid)
-    trainings, best, cpu_total, gpu_total = [], None, 0.0, 0.0
-    baseline_cpu = other_cpu = 0.0
-    for cid in finished:
-        cost = cpu_hours(cid)
-        kind = proposals[cid].get("kind", "proposal")
-        if kind != "proposal":  # baselines, and follow-ups (replicas, ablations) after the search
-            if kind == "baseline":
-                baseline_cpu += cost
-            else:
-                other_cpu += cost
+    kinds = {cid: p.get("kind", "proposal") for cid, p in proposals.items()}
+    trainings: list[dict[str, Any]] = []
+    best, cpu_total = None, 0.0
+    cost_by_kind: dict[str, float] = {}
+    events = list(store.events())
+    for ev in events:
+        cid, name = ev.get("candidate"), ev.get("event")
+        if cid not in state.candidates or name not in ("scored", "rung", "failed"):
+            continue
+        cost = float(ev.get("cpu_hours") or 0.0)
+        cost_by_kind[kinds[cid]] = cost_by_kind.get(kinds[cid], 0.0) + cost
+        if kinds[cid] != "proposal":
             continue
         cpu_total += cost
-        gpu_total += gpu[cid]
-        fit = state.candidates[cid].fitness
-        if fit is not None and (best is None or fit > best):
-            best = fit
-        bpb, mqar = scores(cid)
-        trainings.append({"id": cid, "fitness": fit, "status": state.candidates[cid].status,
-                          "best": best, "cpu_hours": cpu_total, "gpu_hours": gpu_total,
-                          "bpb": bpb, "mqar": mqar})
-    baselines, baseline_scores = {}, {}
+        entry: dict[str, Any] = {"id": cid, "event": name, "cpu_hours": round(cpu_total, 6)}
+        if name == "scored":
+            entry["fitness"] = ev.get("fitness")
+            entry["bpb"], entry["mqar"] = scores(cid)
+            if entry["fitness"] is not None and (best is None or entry["fitness"] > best):
+                best = entry["fitness"]
+        elif name == "rung":
+            entry.update(rung=ev.get("rung"), rung_fitness=ev.get("rung_fitness"))
+        else:
+            entry.update(stopped_early=bool(ev.get("stopped_early")),
+                         error=str(ev.get("error", ""))[:200])
+        entry["best"] = best
+        trainings.append(entry)
+    baselines: dict[str, list[tuple[float | None, float | None]]] = {}
     for cid, prop in proposals.items():
         # Baselines of the run's own training only (not those re-trained at a larger preset).
-        if prop.get("kind") == "baseline" and prop.get("preset") is None \
+        if kinds[cid] == "baseline" and prop.get("preset") is None \
                 and state.candidates[cid].fitness is not None:
-            baselines.setdefault(prop.get("name"), []).append(state.candidates[cid].fitness)
-            baseline_scores.setdefault(prop.get("name"), []).append(scores(cid))
-    thresholds = {"reference": 0.0}
-    if "gated_deltanet" in baselines:
-        thresholds["gated_deltanet"] = statistics.fmean(baselines["gated_deltanet"])
-    first = {name: next((i + 1 for i, t in enumerate(trainings)
-                         if t["fitness"] is not None and t["fitness"] > value), None)
-             for name, value in thresholds.items()}
-    if "gated_deltanet" in baseline_scores:
-        # The issue's goal is better than Gated DeltaNet on both axes, not on their sum.
-        pairs_ok = [(b, m) for b, m in baseline_scores["gated_deltanet"]
-                    if b is not None and m is not None]
-        if pairs_ok:
-            first["gated_deltanet_both"] = first_beating_both(
-                trainings, statistics.fmean(b for b, _ in pairs_ok),
-                statistics.fmean(m for _, m in pairs_ok))
-    events = list(store.events())
+            baselines.setdefault(prop.get("name"), []).append(scores(cid))
+    bars = best_baselines(baselines)
     stops = [e.get("reason") for e in events if e.get("event") == "driver_stop"]
-    proposed = sum(p.get("kind", "proposal") == "proposal" for p in proposals.values())
-    return {"run": str(run), "trainings": trainings, "best": best, "thresholds": thresholds,
-            "first_beat": first, "baselines": {k: statistics.fmean(v) for k, v in
-                                               baselines.items()},
-            "baseline_cpu_hours": baseline_cpu, "followup_cpu_hours": other_cpu,
-            "proposals": proposed,
+    proposed = sum(kind == "proposal" for kind in kinds.values())
+    evaluated = [t for t in trainings if t["event"] in ("scored", "rung", "failed")]
+    return {"run": run.name, "config": {"search": config.get("search"),
+                                        "fitness": config.get("fitness")},
+            "trainings": trainings, "best": best, "best_baselines": bars,
+            "first_beat_both": first_beating_both(trainings, bars),
+            "baseline_cpu_hours": round(cost_by_kind.get("baseline", 0.0), 6),
+            "followup_cpu_hours": round(sum(v for k, v in cost_by_kind.items()
+                                            if k not in ("proposal", "baseline")), 6),
+            "proposal_cpu_hours": round(cpu_total, 6), "proposals": proposed,
+            "proposals_evaluated": len({t["id"] for t in evaluated}),
             "rejected": sum(c.status == "rejected" for c in state.candidates.values()),
-            "stopped": stops[-1] if stops else None,
-            "wall_hours": ((events[-1]["t"] - t0) / 3600.0) if events and t0 else 0.0}
+            "reused": sum(e.get("event") == "reused" for e in events),
+            "versions": _versions(view),
+            "stopped": stops[-1] if stops else None}
 
 
-def first_beating_both(trainings: list[dict[str, Any]], bpb: float,
-                       mqar: float) -> int | None:
-    """The 1-based count of trainings until one scored lower bits per byte than `bpb` and
-    higher MQAR accuracy than `mqar` (None: never)."""
-    return next((i + 1 for i, t in enumerate(trainings)
-                 if t.get("bpb") is not None and t.get("mqar") is not None
-                 and t["bpb"] < bpb and t["mqar"] > mqar), None)
+def _versions(view: RunView) -> dict[str, str]:
+    """The library versions the run's trainings recorded (the first result that has them)."""
+    for c in view.state.candidates.values():
+        found = (view.result(c.id) or {}).get("versions")
+        if found:
+            return found
+    return {}
+
+
+def best_baselines(baselines: dict[str, list[tuple[float | None, float | None]]]
+                   ) -> dict[str, Any]:
+    """The best baseline on bits per byte (lowest seed mean) and on recall (highest), by name."""
+    out: dict[str, Any] = {}
+    for axis, index, pick in (("bpb", 0, min), ("mqar", 1, max)):
+        means = {name: statistics.fmean(v[index] for v in vals if v[index] is not None)
+                 for name, vals in baselines.items()
+                 if any(v[index] is not None for v in vals)}
+        if means:
+            name = pick(means, key=means.get)
+            out[axis] = {"baseline": name, "value": means[name]}
+    return out
+
+
+def first_beating_both(trainings: list[dict[str, Any]], bars: dict[str, Any]
+                       ) -> dict[str, Any] | None:
+    """The first proposal with lower bits per byte than the best baseline on bits per byte and
+    higher recall than the best baseline on recall: its id, the count of evaluations and the
+    CPU-hours until it (None: never, or the run has no such baselines)."""
+    if "bpb" not in bars or "mqar" not in bars:
+        return None
+    for i, t in enumerate(trainings):
+        if t.get("bpb") is not None and t.get("mqar") is not None \
+                and t["bpb"] < bars["bpb"]["value"] and t["mqar"] > bars["mqar"]["value"]:
+            return {"id": t["id"], "evaluations": i + 1, "cpu_hours": t["cpu_hours"]}
+    return None
 
 
 # ---- aggregating -----------------------------------------------------------------------------
@@ -216,9 +227,20 @@ def best_at_cost(run: dict[str, Any], cost: float) -> float | None:
     return best
 
 
+def interval(values: list[float]) -> dict[str, Any]:
+    """Mean with its 95% t interval over search seeds, and the spread."""
+    if not values:
+        return {"mean": None, "ci95": None, "min": None, "max": None, "n": 0}
+    mean, half = mean_ci(values)
+    return {"mean": mean, "ci95": half, "min": min(values), "max": max(values),
+            "n": len(values)}
+
+
 def aggregate(runs: dict[int, dict[str, Any]], grid_points: int = 50) -> dict[str, Any]:
-    """Per training count and on a CPU-hour grid: mean and min/max over the seeds that got
-    there (a seed whose run ended earlier is not extrapolated)."""
+    """Per method: the best fitness at the budget with its 95% interval over search seeds, the
+    CPU-hours until a proposal beat the best baselines on both axes, proposals evaluated per
+    CPU-hour, and best-so-far on evaluation-count and CPU-hour grids (a seed whose run ended
+    earlier is not extrapolated)."""
     longest = max((len(r["trainings"]) for r in runs.values()), default=0)
     by_count = []
     for k in range(1, longest + 1):
@@ -234,16 +256,43 @@ def aggregate(runs: dict[int, dict[str, Any]], grid_points: int = 50) -> dict[st
                 and r["trainings"][-1]["cpu_hours"] >= cost
                 and (b := best_at_cost(r, cost)) is not None]
         by_cost.append({"cpu_hours": cost, **spread(vals)})
-    thresholds = sorted({name for r in runs.values() for name in r["first_beat"]})
-    first = {name: {str(seed): r["first_beat"].get(name) for seed, r in runs.items()}
-             for name in thresholds}
-    finals = [r["best"] for r in runs.values() if r["best"] is not None]
-    return {"seeds": sorted(runs), "final_best": spread(finals),
-            "trainings": spread([len(r["trainings"]) for r in runs.values()]),
-            "cpu_hours": spread([r["trainings"][-1]["cpu_hours"] for r in runs.values()
-                                 if r["trainings"]]),
+    firsts = {str(seed): r["first_beat_both"] for seed, r in runs.items()}
+    rates = [r["proposals_evaluated"] / r["proposal_cpu_hours"] for r in runs.values()
+             if r["proposal_cpu_hours"]]
+    return {"seeds": sorted(runs),
+            "final_best": interval([r["best"] for r in runs.values() if r["best"] is not None]),
+            "final_best_by_seed": {str(seed): r["best"] for seed, r in runs.items()},
+            "proposals_evaluated": spread([r["proposals_evaluated"] for r in runs.values()]),
+            "proposals_per_cpu_hour": interval(rates),
+            "cpu_hours": spread([r["proposal_cpu_hours"] for r in runs.values()]),
             "baseline_cpu_hours": spread([r["baseline_cpu_hours"] for r in runs.values()]),
-            "first_beat": first, "by_trainings": by_count, "by_cpu_hours": by_cost}
+            "first_beat_both": firsts,
+            "beat_both": sum(v is not None for v in firsts.values()),
+            "by_trainings": by_count, "by_cpu_hours": by_cost}
+
+
+def versus(methods: dict[str, Any], loop: str, control: str) -> dict[str, Any] | None:
+    """The loop's best fitness at the budget minus the control's, with its 95% interval: paired
+    over the search seeds both ran (the same seeds share their baselines), else Welch's."""
+    a, b = methods.get(loop), methods.get(control)
+    if not a or not b:
+        return None
+    ra, rb = a["final_best_by_seed"], b["final_best_by_seed"]
+    both = sorted(s for s in ra if s in rb and ra[s] is not None and rb[s] is not None)
+    if len(both) >= 2:
+        diff, half = mean_ci([ra[s] - rb[s] for s in both])
+        kind = f"paired over {len(both)} search seeds"
+    else:
+        va = [v for v in ra.values() if v is not None]
+        vb = [v for v in rb.values() if v is not None]
+        if len(va) < 2 or len(vb) < 2:
+            return None
+        diff, half = diff_ci(va, vb)
+        kind = f"Welch, {len(va)} and {len(vb)} search seeds"
+    verdict = ("the loop is better" if diff - half > 0 else "the control is better"
+               if diff + half < 0 else "not distinguishable")
+    return {"loop": loop, "control": control, "difference": diff, "ci95": half,
+            "interval": kind, "verdict": verdict}
 
 
 # ---- writing ---------------------------------------------------------------------------------
@@ -259,38 +308,39 @@ def _spread(s: dict[str, Any], spec: str = "+.4f") -> str:
     return f"{_f(s['mean'], spec)} [{_f(s['min'], spec)}, {_f(s['max'], spec)}]"
 
 
-def markdown(methods: dict[str, Any], errors: dict[str, str]) -> str:
-    head = ["method", "seeds", "trainings", "best @25%", "best @50%", "final best",
-            "to beat ref (per seed)", "to beat gated_deltanet",
-            "to beat gated_deltanet on bpb and MQAR", "CPU-h (proposals)",
-            "CPU-h (baselines)"]
+def markdown(methods: dict[str, Any], comparisons: list[dict[str, Any]],
+             errors: dict[str, str]) -> str:
+    head = ["method", "search seeds", "proposals evaluated", "proposals per CPU-h",
+            "best fitness at the budget (95% CI)", "beat the best baselines on both axes",
+            "CPU-h until then (per seed)", "CPU-h (proposals)", "CPU-h (baselines)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, agg in methods.items():
-        counts = agg["by_trainings"]
-
-        def at(frac: float) -> str:
-            if not counts:
-                return "-"
-            return _spread(counts[max(0, math.ceil(frac * len(counts)) - 1)])
-
-        def firsts(name: str) -> str:
-            per_seed = agg["first_beat"].get(name)
-            return " ".join("-" if v is None else str(v) for v in per_seed.values()) \
-                if per_seed else "n/a"
-
+        fb, rate = agg["final_best"], agg["proposals_per_cpu_hour"]
+        firsts = " ".join("-" if v is None else f"{v['cpu_hours']:.3f}"
+                          for v in agg["first_beat_both"].values()) or "-"
         failed = sum(k.startswith(f"search-{method}-") for k in errors)
         seeds = f"{len(agg['seeds'])}" + (f" ({failed} failed)" if failed else "")
         lines.append("| " + " | ".join([
-            method, seeds, _spread(agg["trainings"], ".0f"), at(0.25), at(0.5),
-            _spread(agg["final_best"]), firsts("reference"), firsts("gated_deltanet"),
-            firsts("gated_deltanet_both"),
+            method, seeds, _spread(agg["proposals_evaluated"], ".0f"),
+            _f(rate["mean"], ".1f") + (f" ± {rate['ci95']:.1f}" if rate.get("ci95") else ""),
+            _f(fb["mean"]) + (f" ± {fb['ci95']:.4f}" if fb.get("ci95") is not None
+                              and not math.isnan(fb["ci95"]) else ""),
+            f"{agg['beat_both']} of {len(agg['seeds'])}", firsts,
             _spread(agg["cpu_hours"], ".3f"), _spread(agg["baseline_cpu_hours"], ".3f")]) + " |")
     text = "\n".join(lines) + "\n"
-    text += ("\nbest = best-so-far fitness, mean [min, max] over seeds (0 = the reference "
-             "baseline of the same run); @25%/@50% of the longest run's trainings; 'to beat': "
-             "trainings until a proposal first scored above it (- never); 'on bpb and MQAR': "
-             "until one had both lower bits per byte and higher MQAR accuracy (at the run's "
-             "fitness.mqar_pairs) than the run's gated_deltanet, one seed each.\n")
+    text += ("\nbest fitness = the best whole-budget fitness of a proposal when the run's CPU-hour "
+             "budget was spent (0 = the reference baseline of the same run), mean ± the half-width "
+             "of its 95% t interval over search seeds; 'beat the best baselines on both axes': a "
+             "proposal with lower bits per byte than the run's best baseline on bits per byte and "
+             "higher recall (at fitness.mqar_pairs) than its best baseline on recall, one seed "
+             "each; CPU-hours are the proposals' process CPU time (baselines apart; a result "
+             "reused from the site's cache costs nothing).\n")
+    if comparisons:
+        text += ("\n| loop | control | difference of best fitness | 95% CI | interval | "
+                 "verdict |\n|---|---|---|---|---|---|\n")
+        for c in comparisons:
+            text += (f"| {c['loop']} | {c['control']} | {c['difference']:+.4f} | "
+                     f"± {c['ci95']:.4f} | {c['interval']} | {c['verdict']} |\n")
     if errors:
         text += "\nErrors:\n" + "".join(f"- {k}: {v.splitlines()[0] if v else v}\n"
                                          for k, v in sorted(errors.items()))
@@ -341,22 +391,47 @@ def plot(methods: dict[str, Any], runs: dict[str, dict[int, dict[str, Any]]],
     return paths
 
 
-def summarize(out: Path, methods: list[str], seeds: list[int] | None) -> dict[str, Any]:
-    errors = read_json(out / ERRORS_FILE, {}) or {}
+def collect(out: Path, record: Path | None, methods: list[str], seeds: list[int] | None,
+            errors: dict[str, str]) -> dict[str, dict[int, dict[str, Any]]]:
+    """Each run's reading: from its run folder under `out` when there is one (and then written
+    to `record`), else from `record` alone (the committed study)."""
     runs: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in methods}
+    names: dict[str, Path | None] = {}
     for folder in sorted(out.iterdir()) if out.exists() else []:
-        match = RUN_NAME.match(folder.name)
-        if not match or not Store.is_run(folder):
+        if RUN_NAME.match(folder.name) and Store.is_run(folder):
+            names[folder.name] = folder
+    for path in sorted(record.glob("search-*.json")) if record and record.exists() else []:
+        names.setdefault(path.stem, None)
+    for name, folder in sorted(names.items()):
+        match = RUN_NAME.match(name)
+        if not match or name in errors:
             continue
         method, seed = match["method"], int(match["seed"])
-        if method in runs and (seeds is None or seed in seeds) and folder.name not in errors:
-            runs[method][seed] = read_run(folder)
+        if method not in runs or (seeds is not None and seed not in seeds):
+            continue
+        if folder is not None:
+            reading = read_run(folder)
+            if record is not None:
+                record.mkdir(parents=True, exist_ok=True)
+                (record / f"{name}.json").write_text(json.dumps(reading, indent=1) + "\n")
+        else:
+            reading = json.loads((record / f"{name}.json").read_text())  # type: ignore[operator]
+        runs[method][seed] = reading
+    return runs
+
+
+def summarize(out: Path, methods: list[str], seeds: list[int] | None,
+              record: Path | None = None) -> dict[str, Any]:
+    errors = read_json(out / ERRORS_FILE, {}) or {}
+    runs = collect(out, record, methods, seeds, errors)
     # A method whose runs all failed keeps its row (with its errors under the table).
     aggregated = {m: aggregate(r) for m, r in runs.items()}
-    text = markdown(aggregated, errors)
-    summary = {"cost_measure": "cpu_hours = result.json wall_s x torch threads / 3600, "
-                               "proposal trainings only",
-               "methods": aggregated, "errors": errors,
+    comparisons = [c for loop in ("mutator", "llm") for control in ("independent", "random")
+                   if (c := versus(aggregated, loop, control)) is not None]
+    text = markdown(aggregated, comparisons, errors)
+    summary = {"cost_measure": "cpu_hours = the journal's cpu_hours (each job's process CPU "
+                               "time), proposal trainings only",
+               "methods": aggregated, "comparisons": comparisons, "errors": errors,
                "runs": {run_name(m, s): r for m, rs in runs.items() for s, r in rs.items()}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -371,9 +446,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seeds", default="0,1,2", help="search seeds, comma-separated")
     parser.add_argument("--trainings", type=int, default=60,
-                        help="proposals trained per run (search.max_candidates)")
+                        help="at most this many proposals per run (search.max_candidates)")
+    parser.add_argument("--cpu-hours", type=float,
+                        help="the budget of each run: its proposals' CPU-hours "
+                             "(search.max_cpu_hours); the methods are compared at it")
     parser.add_argument("--config", help="run config (default: the embedded demo)")
     parser.add_argument("--out", default="bench-out/search")
+    parser.add_argument("--record", type=Path,
+                        help="folder for each run's reading (small JSON: commit it); "
+                             "--summarize-only reads the runs from it when --out lacks them")
     parser.add_argument("--force", action="store_true",
                         help="let existing runs take a changed config (e.g. more --trainings)")
     parser.add_argument("--summarize-only", action="store_true")
@@ -388,14 +469,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.summarize_only:
         base = load_run_config(args.config) if args.config else default_run_config()
         out.mkdir(parents=True, exist_ok=True)
-        for method in methods:
-            for seed in seeds:
+        for seed in seeds:  # a seed at a time, every method: a part of the study is whole seeds
+            for method in methods:
                 name = run_name(method, seed)
                 t0 = time.time()
                 errors = read_json(out / ERRORS_FILE, {}) or {}
                 try:
-                    reason = run_search(run_config(base, method, seed, args.trainings, out),
-                                        method, seed, args.force)
+                    reason = run_search(run_config(base, method, seed, args.trainings, out,
+                                                   args.cpu_hours), method, seed, args.force)
                     errors.pop(name, None)
                     print(f"{name}: stopped ({reason}) after {time.time() - t0:.0f} s",
                           flush=True)
@@ -403,7 +484,9 @@ def main(argv: list[str] | None = None) -> int:
                     errors[name] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
                     print(f"{name}: error: {type(exc).__name__}: {exc}", flush=True)
                 (out / ERRORS_FILE).write_text(json.dumps(errors, indent=2))
-    summarize(out, methods, seeds)
+                if args.record is not None:  # each finished run is committed-able at once
+                    collect(out, args.record, [method], [seed], errors)
+    summarize(out, methods, seeds, args.record)
     print(f"wrote {out / 'summary.json'}, {out / 'summary.md'} and the plots")
     return 0
 
