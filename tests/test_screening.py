@@ -5,6 +5,8 @@ stops early with its curve; a real driver run screens its proposals with ASHA's 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -133,3 +135,15 @@ def test_a_screened_search_pauses_most_proposals_and_continues_the_best(tmp_path
     assert print_status(driver.store.root) == 0
     board = {row["id"]: row for row in leaderboard(driver.store.root)}
     assert all(board[c]["status"] == "paused" for c in proposals if c not in went_on)
+    # A deleted journal is rebuilt from the folders (the rung results and the jobs' history);
+    # the resumed driver re-scores what the rebuild cannot know and trains nothing again.
+    before = {c.id: (c.status, round(c.cpu_hours, 5)) for c in driver.view.candidates()}
+    driver.store.journal_path.unlink()
+    fixed = subprocess.run([sys.executable, "-m", "evolve.cli.main", "fsck",
+                            str(driver.store.root), "--fix"], capture_output=True, text=True)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    again = Driver(load_run_config(path))
+    assert again.run() == 0 and again.stop_reason == "complete"
+    assert not [e for e in again.store.events() if e["event"] == "submitted"
+                and e.get("t", 0) > max(e2.get("t", 0) for e2 in events)]
+    assert {c.id: (c.status, round(c.cpu_hours, 5)) for c in again.view.candidates()} == before

@@ -106,6 +106,7 @@ def _scorer(layout: RunLayout) -> Score:
     computes it (its training-time leakage re-check is not redone)."""
     from evolve.search.fitness import Reference, fitness
     from evolve.search.run_config import run_config_from_dict
+    from evolve.search.screening_steps import cpu_hours
 
     with open(layout.run_yaml, encoding="utf-8") as f:
         cfg = run_config_from_dict(yaml.safe_load(f) or {}, source=str(layout.run_yaml))
@@ -127,13 +128,21 @@ def _scorer(layout: RunLayout) -> Score:
             if not refs or any(c not in done for c in refs):
                 continue  # the reference is not trained (yet): the driver scores it later
             result = read(layout.candidate(cid).result)
+            cost = {"cpu_hours": cpu_hours(result)}
             if result.get("status") != "ok":
-                out[cid] = {"event": "failed", "error": result.get("reason", "no result file")}
+                out[cid] = {"event": "failed", "error": result.get("reason", "no result file"),
+                            **cost}
+                continue
+            if float(result.get("budget_fraction", 1.0)) < 1.0:
+                continue  # a screening rung's result: the driver scores it at its rung
+            refs = [c for c in refs if float(read(layout.candidate(c).result).get(
+                "budget_fraction", 1.0)) == 1.0] if refs else refs
+            if not refs:
                 continue
             reference = Reference.from_results([read(layout.candidate(c).result) for c in refs],
                                                cfg.fitness.reference, cfg.fitness.mqar_pairs)
             terms = fitness(result, reference, cfg.fitness)
-            out[cid] = {"fitness": terms["fitness"], "terms": terms}
+            out[cid] = {"fitness": terms["fitness"], "terms": terms, **cost}
         return out
 
     return score

@@ -61,7 +61,9 @@ class CheckSteps:
         prop = self.view.proposal(cid)
         repairs = sum(1 for e in self.store.events()
                       if e.get("event") == "repair" and e.get("candidate") == cid)
-        return prop.get("proposer") == "llm-code" and repairs < self.cfg.search.max_repairs
+        # llm-code, and the model's independent control in code mode (llm-code-independent).
+        return str(prop.get("proposer", "")).startswith("llm-code") \
+            and repairs < self.cfg.search.max_repairs
 
     def _check_scratch(self, folder: Any) -> tuple[bool, str, str]:
         report = check_file(CandidatePaths.of(folder).mixer, self.cfg.checks, model=self._model_cfg())

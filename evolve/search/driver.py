@@ -82,19 +82,28 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, ScreeningSteps,
         if self.cfg.search.proposer == "independent":
             from evolve.search.independent import IndependentProposer
 
+            # With independent_of llm, `run` swaps in the model's form once a model answers.
             return IndependentProposer(self.cfg.mutator, self.cfg.fitness.reference, self.rng)
         # llm/auto start with the mutator; `run` swaps in the researcher once a model answers.
         return MutatorProposer(self.cfg.mutator, self.cfg.sampling, self.rng)
 
     def _start_agents(self) -> None:
-        """Connect to (or start) the model for proposer llm/auto; NoModel for llm without one."""
+        """Connect to (or start) the model for proposer llm/auto or the model's independent
+        control; NoModel for those that insist (llm, independent_of llm) without one."""
         from evolve.search.llm_roles import Agents, LLMProposer
 
         self.agents = Agents.start(self.cfg, self.store)
         if self.agents is None:
             return
         self.store.record("llm_ready", source=self.agents.source)
-        if not self._given_proposer:
+        if self._given_proposer:
+            return
+        if self.cfg.search.proposer == "independent":
+            from evolve.search.independent import IndependentLLMProposer
+
+            self.proposer = IndependentLLMProposer(self.agents, self.cfg, self.rng,
+                                                   describe=self.describe)
+        else:
             self.proposer = LLMProposer(self.agents, self.cfg, self.rng, describe=self.describe,
                                         cognition=self._cognition())
 
@@ -119,7 +128,9 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, ScreeningSteps,
         with self.store.driver_lock():
             previous = self._install_signals()
             try:
-                if self.cfg.search.proposer in ("llm", "auto") or self.cfg.search.analyzer == "llm":
+                search = self.cfg.search
+                if search.proposer in ("llm", "auto") or search.analyzer == "llm" or (
+                        search.proposer == "independent" and search.independent_of == "llm"):
                     self._start_agents()
                 self.store.record("driver_start", pid=os.getpid(), host=socket.gethostname(),
                                   proposer=self.proposer.name)

@@ -10,7 +10,8 @@ Where the model comes from, in order: `llm.base_url` / `llm.endpoint_file` of th
 run's own `llm/endpoint.json` (written by `evolve llm serve --run RUN` or slurm/llm.sbatch);
 else, with `search.serve_local`, the packaged SmolLM2 started by the driver on this node
 (llama.cpp, one thread). `proposer: auto` falls back to the mutator when none answers;
-`proposer: llm` insists and fails with the reason.
+`proposer: llm` (and the model's independent control, `proposer: independent` with
+`independent_of: llm`, search/independent.py) insists and fails with the reason.
 
 Every call is stored under the candidate's llm/ folder. A role that gets no usable answer never
 stops the loop: the researcher's slot is filled by the mutator, the analyzer's by the rules,
@@ -31,7 +32,8 @@ from typing import Any
 from evolve import EvolveError
 from evolve.agents.client import LLMClient, record_call
 from evolve.agents.llm_config import LLMConfig, list_models
-from evolve.search.proposers import ArchiveEntry, Draft, MutatorProposer, choose_parents
+from evolve.search.proposers import (ArchiveEntry, Draft, MutatorProposer, Proposer,
+                                     choose_parents)
 from evolve.state.layout import CandidatePaths
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,8 @@ LOCAL_CONTEXT = 4096
 
 
 class NoModel(EvolveError, RuntimeError):
-    """No model server answers, and the run asked for one (`search.proposer: llm`)."""
+    """No model server answers, and the run asked for one (`search.proposer: llm`, or
+    `independent` with `independent_of: llm`)."""
 
 
 def local_model_installed() -> bool:
@@ -68,10 +71,14 @@ class Agents:
 
     @classmethod
     def start(cls, cfg: Any, store: Any) -> Agents | None:
-        """The run's model, or None when the mutator proposes; NoModel when `proposer: llm`
-        finds none."""
-        wanted = cfg.search.proposer
-        if wanted not in ("auto", "llm"):
+        """The run's model, or None when the mutator proposes; NoModel when `proposer: llm` (or
+        `proposer: independent` with `independent_of: llm`) finds none."""
+        search = cfg.search
+        if search.proposer == "independent" and search.independent_of == "llm":
+            wanted = "search.proposer=independent with independent_of=llm"
+        elif search.proposer in ("auto", "llm"):
+            wanted = f"search.proposer={search.proposer}"
+        else:
             return None
         llm: LLMConfig = cfg.llm
         reasons = []
@@ -98,8 +105,8 @@ class Agents:
         else:
             reasons.append("search.serve_local is false")
         why = "; ".join(reasons) or "no llm.base_url or llm.endpoint_file is set"
-        if wanted == "llm":
-            raise NoModel(f"search.proposer=llm but no model server answers: {why}")
+        if search.proposer != "auto":
+            raise NoModel(f"{wanted} but no model server answers: {why}")
         log.info("proposer auto: no model (%s); the mutator proposes", why)
         return None
 
@@ -193,19 +200,17 @@ class LLMProposer:
         self.describe = describe
         self.cognition = cognition
         self.inspirations = inspirations
-        self.fallback = MutatorProposer(cfg.mutator, cfg.sampling, rng)
+        self.fallback: Proposer = MutatorProposer(cfg.mutator, cfg.sampling, rng)
+        """Who fills a slot the model cannot fill."""
 
     def propose(self, archive: list[ArchiveEntry], n: int, generation: int) -> list[Draft]:
         from evolve.agents.researcher import propose
         from evolve.gates.novelty import code_hash
 
-        tried = {e.spec.digest(): e.id for e in archive if e.spec is not None}
+        tried = self._tried(archive)
         drafts: list[Draft] = []
         for _ in range(n):
-            picked = choose_parents(archive, self.sampling, self.rng, generation,
-                                    1 + self.inspirations)
-            if self.mode == "spec":
-                picked = [e for e in picked if e.spec is not None]
+            picked = self._pick(archive, generation)
             if not picked:
                 break
             parent, others = self.describe(picked[0].id), [self.describe(e.id)
@@ -230,18 +235,37 @@ class LLMProposer:
                                     ("motivation", "parents", "proposer", "spec")},
                              records=result.records)]
             else:
-                log.warning("researcher gave no usable proposal (%s); the mutator fills the "
-                            "slot", result.error)
+                log.warning("researcher gave no usable proposal (%s); the %s proposer fills "
+                            "the slot", result.error, self.fallback.name)
                 new = self.fallback.propose(archive, 1, generation)
                 for draft in new:
                     draft.extra.update(llm_error=result.error, llm_attempts=result.attempts)
                     draft.records = result.records
             for draft in new:  # the later slots of this generation must not repeat it
-                if draft.spec is not None:
-                    tried[draft.spec.digest()] = "an earlier proposal of this generation"
-                tried[code_hash(draft.code)] = "an earlier proposal of this generation"
+                self._remember(draft, tried)
             drafts.extend(new)
         return drafts
+
+    def _tried(self, archive: list[ArchiveEntry]) -> dict[str, str]:
+        """Spec digests the model must not offer again, each with the candidate it names: here
+        the archive's designs (in code mode `propose` adds the hashes of the files it shows)."""
+        return {e.spec.digest(): e.id for e in archive if e.spec is not None}
+
+    def _pick(self, archive: list[ArchiveEntry], generation: int) -> list[ArchiveEntry]:
+        """The parent, then the inspirations, of one proposal (empty: nothing to propose
+        from)."""
+        picked = choose_parents(archive, self.sampling, self.rng, generation,
+                                1 + self.inspirations)
+        if self.mode == "spec":
+            picked = [e for e in picked if e.spec is not None]
+        return picked
+
+    def _remember(self, draft: Draft, tried: dict[str, str]) -> None:
+        from evolve.gates.novelty import code_hash
+
+        if draft.spec is not None:
+            tried[draft.spec.digest()] = "an earlier proposal of this generation"
+        tried[code_hash(draft.code)] = "an earlier proposal of this generation"
 
     def revise(self, draft: Draft, nearest: ArchiveEntry | None, reason: str,
                archive: list[ArchiveEntry], generation: int) -> Draft | None:

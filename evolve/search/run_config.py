@@ -43,11 +43,16 @@ class SearchConfig:
     """mutator (no model), llm (the model server: llm.base_url, llm.endpoint_file, the run's
     llm/endpoint.json, else the packaged local model), auto (llm when one of those answers,
     else the mutator); the controls: random (uniform samples of the design space) or
-    independent (mutations of the fitness.reference baseline alone: no archive, no sampling,
+    independent (proposals from the fitness.reference baseline alone: no archive, no sampling,
     no lessons; evolve/search/independent.py)."""
+    independent_of: str = "mutator"
+    """Which proposer the independent control uses: mutator (mutations of the base) or llm
+    (the researcher prompted with the base alone, in llm.mode; it needs a model as proposer
+    llm does). Only read with proposer independent."""
     serve_local: bool = True
-    """With proposer llm or auto and no server configured, start the packaged llama.cpp model
-    (SmolLM2-135M, one thread) on the driver's node when it is installed."""
+    """With proposer llm or auto (or independent_of llm) and no server configured, start the
+    packaged llama.cpp model (SmolLM2-135M, one thread) on the driver's node when it is
+    installed."""
     analyzer: str = "auto"
     """Who analyses finished candidates: llm, rules (model-free), or auto (llm when a model
     serves the run)."""
@@ -102,6 +107,7 @@ class SearchConfig:
     def __post_init__(self) -> None:
         self.baselines = tuple(self.baselines)
         choice("proposer", self.proposer, PROPOSERS)
+        choice("independent_of", self.independent_of, ("mutator", "llm"))
         choice("analyzer", self.analyzer, ANALYZERS)
         for name in ("max_candidates", "generation_size", "max_in_flight", "baseline_seeds",
                      "confirm_seeds"):

@@ -324,6 +324,9 @@ def _candidate_events(paths: CandidatePaths, start: float, subs: dict[str, dict[
             done[cid] = tf
         return events
     attempts = [r for r in record.get("history") or [] if isinstance(r, dict)] + [record]
+    # A screened training's jobs in order: each rung's job, then the continuation; the rung
+    # results say where each ended (its rung fitness is the driver's to recompute: left out).
+    rungs = list(paths.rung_results().items())
     for n, r in enumerate(attempts, start=1):
         sub = subs.setdefault(str(r.get("submission")), {
             "t": float(r.get("submitted") or t), "executor": r.get("executor", ""),
@@ -343,6 +346,12 @@ def _candidate_events(paths: CandidatePaths, start: float, subs: dict[str, dict[
                 fields["error"] = _error_text(paths, r) if r is record else \
                     f"attempt {n} ended {r.get('state')}"
             events.append(_event(outcome, tf, cid, **fields))
+            if r is not record and outcome == "done" and rungs:
+                fraction, rung_file = rungs.pop(0)
+                cost = (_read(rung_file) or {}).get("cpu_s") or 0.0
+                events.append(_event("rung", tf, cid, rung=fraction, rung_fitness=None,
+                                     cpu_hours=round(float(cost) / 3600.0, 6)))
+                events.append(_event("promoted", tf, cid, reason="rebuilt: a later job ran"))
             if r is record and outcome == "done":
                 done[cid] = tf
     return events

@@ -111,6 +111,16 @@ class CandidatePaths:
         kept when the continuation to the whole budget replaces the result file."""
         return self.dir / f"rung-{fraction:g}.json"
 
+    def rung_results(self) -> dict[float, Path]:
+        """Every rung result file of the candidate, by fraction of the budget."""
+        found = {}
+        for path in self.dir.glob("rung-*.json"):
+            try:
+                found[float(path.stem.removeprefix("rung-"))] = path
+            except ValueError:
+                continue  # not a name this module wrote
+        return dict(sorted(found.items()))
+
     @property
     def analysis(self) -> Path:
         return self.dir / "analysis.json"

@@ -9,9 +9,12 @@ For each method and seed it runs a whole search with `evolve.search.driver.Drive
 `<out>/search-<method>-s<seed>/` (the run config of `--config`, default the embedded demo, with
 search.seed = seed and search.max_candidates = --trainings): `mutator`, `independent` (the
 mutator applied to the reference baseline alone: no archive, sampling or lessons) and `llm` set
-search.proposer, `random` passes `evolve.search.random_search.RandomProposer` to the driver. A method
-the driver refuses (e.g. llm before it is wired in) is recorded as an error and the study goes
-on. Runs under one --out share the site's result cache: a baseline (or a design) trained with the
+search.proposer; `llm_independent` is the model's independent control (search.proposer
+independent with search.independent_of llm: the researcher prompted with the reference baseline
+alone, in the base config's llm.mode); `random` passes
+`evolve.search.random_search.RandomProposer` to the driver. A method the driver refuses (e.g.
+llm or llm_independent when no model answers) is recorded as an error and the study goes on.
+Runs under one --out share the site's result cache: a baseline (or a design) trained with the
 same seed in an earlier run is reused, not trained again (journaled `reused`, no CPU-hours);
 baseline cost is reported apart and left out of the curves. Rerunning resumes unfinished
 runs and returns quickly from finished ones; a changed config (e.g. more --trainings) is
@@ -53,7 +56,7 @@ from evolve.state.fsio import read_json
 from evolve.state.store import Store
 from evolve.state.view import RunView
 
-METHODS = ("mutator", "random", "independent", "llm")
+METHODS = ("mutator", "random", "independent", "llm", "llm_independent")
 RUN_NAME = re.compile(r"^search-(?P<method>[a-z_]+)-s(?P<seed>\d+)$")
 ERRORS_FILE = "errors.json"
 """Runs that raised, by run name: kept across reruns so that --summarize-only still knows."""
@@ -75,6 +78,8 @@ def run_config(base: Any, method: str, seed: int, trainings: int, out: Path,
     # config knows the value, else `mutator` (never `auto`, which would probe for a model).
     if method == "random" and "random" not in PROPOSERS:
         data["search"]["proposer"] = "mutator"
+    elif method == "llm_independent":
+        data["search"].update(proposer="independent", independent_of="llm")
     else:
         data["search"]["proposer"] = method
     return run_config_from_dict(data, source=f"{data['name']} (study config)")
@@ -426,7 +431,11 @@ def summarize(out: Path, methods: list[str], seeds: list[int] | None,
     runs = collect(out, record, methods, seeds, errors)
     # A method whose runs all failed keeps its row (with its errors under the table).
     aggregated = {m: aggregate(r) for m, r in runs.items()}
-    comparisons = [c for loop in ("mutator", "llm") for control in ("independent", "random")
+    # Each loop against the controls of the 2026 study: its own proposer without an archive
+    # (the mutator's independent form, or the model's) and uniform random samples.
+    pairs = (("mutator", "independent"), ("mutator", "random"), ("llm", "llm_independent"),
+             ("llm", "independent"), ("llm", "random"))
+    comparisons = [c for loop, control in pairs
                    if (c := versus(aggregated, loop, control)) is not None]
     text = markdown(aggregated, comparisons, errors)
     summary = {"cost_measure": "cpu_hours = the journal's cpu_hours (each job's process CPU "
