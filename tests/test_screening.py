@@ -147,3 +147,40 @@ def test_a_screened_search_pauses_most_proposals_and_continues_the_best(tmp_path
     assert not [e for e in again.store.events() if e["event"] == "submitted"
                 and e.get("t", 0) > max(e2.get("t", 0) for e2 in events)]
     assert {c.id: (c.status, round(c.cpu_hours, 5)) for c in again.view.candidates()} == before
+
+
+def test_the_loss_ceiling_is_every_baselines_loss_plus_the_margin(tmp_path: Path) -> None:
+    """Two baselines train to their rung for real; a proposal submitted then gets, per track,
+    the larger of their losses at each step both logged, plus stop_margin, from stop_after of
+    the track on, and the result cache's key leaves the ceiling out."""
+    path = tmp_path / "ceiling.yaml"
+    path.write_text(yaml.safe_dump(run_config_dict(
+        tmp_path / "state", steps=8, checkpoint_every=100, log_every=1,
+        launch={"executor": "debug"},
+        search={"max_candidates": 1, "baselines": ["deltanet", "linear_attention"],
+                "fidelity": {"rungs": [0.5], "eta": 2, "stop_margin": 0.25,
+                             "stop_after": 0.25}})))
+    driver = Driver(load_run_config(path))
+    with driver.store.driver_lock():
+        driver._submit_baselines()
+        driver._submit_checked()
+        for _ in range(100):
+            driver.launcher.poll()
+            if len(driver.view.state.with_status("done")) == 2:
+                break
+    curves = [{(t, s): loss for t, s, loss in loss_rows(driver.store.candidate(c.id).dir)}
+              for c in driver.view.candidates("baseline")]
+    ceilings = driver._loss_ceilings(None)
+    assert sorted(ceilings) == ["lm", "mqar"]
+    for track, pairs in ceilings.items():
+        # Steps 2-4: the baselines stopped at their rung (4 of 8); stop_after 0.25 of 8 is 2.
+        assert [s for s, _ in pairs] == [2, 3, 4]
+        for step, ceiling in pairs:
+            assert ceiling == pytest.approx(max(c[(track, step)] for c in curves) + 0.25,
+                                            abs=1e-5)
+    submitted = driver._submitted_config(None, 0, 0.5, ceiling=True)
+    assert submitted["lm"]["loss_ceiling"] == ceilings["lm"]
+    assert submitted["budget_fraction"] == 0.5
+    cid = driver.view.candidates("baseline")[0].id
+    assert driver._training_key(cid, submitted) == driver._training_key(
+        cid, driver._submitted_config(None, 0, 0.5))
