@@ -328,7 +328,7 @@ def status(run: Path | RunView) -> dict[str, Any]:
             "in_flight": sum(by_status.get(s, 0) for s in ACTIVE_STATUSES),
             "gpu_hours": round(sum(c.gpu_hours for c in state.candidates.values()), 4),
             "cpu_hours": round(sum(c.cpu_hours for c in state.candidates.values()), 4),
-            "screening": _screening(events),
+            "screening": _screening(events, view),
             "driver": (f"running (pid {holder.get('pid')} on {holder.get('host')})"
                        if holder else "running" if holder is not None else
                        "died without stopping (no process holds the driver lock)" if started else
@@ -343,15 +343,13 @@ def status(run: Path | RunView) -> dict[str, Any]:
                     "fallbacks": fallbacks, "analyzers": dict(sorted(analyzers.items()))}}
 
 
-def _screening(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _screening(events: list[dict[str, Any]], view: RunView) -> dict[str, Any] | None:
     """search.fidelity's work so far: per rung, the proposals that reached it and went on, and
     the trainings stopped early for being far behind every baseline (None: no screening)."""
     rungs: dict[float, dict[str, int]] = {}
-    baselines = {e.get("candidate") for e in events
-                 if e.get("event") == "promoted" and e.get("reason") == "a baseline"}
     at: dict[str, float] = {}
     for e in events:
-        if e.get("event") == "rung" and e.get("candidate") not in baselines:
+        if e.get("event") == "rung" and view.kind(e["candidate"]) == "proposal":
             at[e["candidate"]] = float(e["rung"])
             rungs.setdefault(float(e["rung"]), {"reached": 0, "went_on": 0})["reached"] += 1
         elif e.get("event") == "promoted" and e.get("candidate") in at:
