@@ -47,7 +47,8 @@ MODEL_RETRY_S = 120.0
 class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, ScreeningSteps, FollowUpSteps):
     def __init__(self, cfg: RunConfig, *, force: bool = False,
                  proposer: Proposer | None = None, train_job: Callable[..., Any] | None = None,
-                 reuse_results: bool = True) -> None:
+                 reuse_results: bool = True,
+                 reuse_kinds: tuple[str, ...] | None = None) -> None:
         self.cfg = cfg
         self.store = Store.create(cfg.run_dir, to_dict(cfg), cfg=cfg.store, force=force,
                                   upgrade=lambda frozen: to_dict(run_config_from_dict(frozen)),
@@ -63,6 +64,10 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, ScreeningSteps,
         """Take a finished training's result from the site's result cache instead of training it
         again (`evolve run --no-cache`: False). How the run executes, not what it studies, so it
         is not part of the frozen config."""
+        self.reuse_kinds = reuse_kinds
+        """The kinds of candidate (baseline, proposal, ...) whose trainings may be taken from
+        the cache; None: every kind. A study comparing proposers at equal compute reuses
+        baselines only, so that no method gets a proposal another method paid for."""
         self._followed_size = -1
         state = self.view.state
         # Seeded by the run and by how far it got, so a resumed search does not replay the

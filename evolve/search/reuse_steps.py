@@ -41,6 +41,9 @@ class ReuseSteps:
             return cids
         left = []
         for cid in cids:
+            if self.reuse_kinds is not None and self.view.kind(cid) not in self.reuse_kinds:
+                left.append(cid)
+                continue
             key = self._training_key(cid, train_cfg)
             hit = cache.get(key)
             if hit is None:

@@ -82,17 +82,17 @@ class ScreeningSteps:
         self._remember_result(cid, result)
         return True
 
-    def _rung_bar(self, rung: float) -> float | None:
-        """The best baseline's fitness at `rung` (None before the baselines reached it)."""
-        reference = self._rung_reference(None, rung)
-        if reference is None:
+    def _rung_score(self, cid: str, rung: float) -> float | None:
+        """`cid`'s fitness at `rung`: the journal's, or (a journal rebuilt by `evolve fsck`
+        knows the rung but not its score) recomputed from its rung result file."""
+        known = self.view.state.candidates[cid].rungs.get(rung)
+        if known is not None:
+            return known
+        path = self.store.candidate(cid).rung_result(rung)
+        reference = self._rung_reference(self.view.proposal(cid).get("preset"), rung)
+        if not path.exists() or reference is None:
             return None
-        scores = []
-        for name in self.cfg.search.baselines:
-            done, _ = self._rung_results(name, None, rung)
-            scores += [fitness(r, reference, self.cfg.fitness)["fitness"] for r in done
-                       if r.get("status") == "ok"]
-        return max(scores, default=None)
+        return fitness(json.loads(path.read_text()), reference, self.cfg.fitness)["fitness"]
 
     def _promote_screened(self) -> bool:
         """ASHA's promotions at every rung, as results arrive (evolve/search/fidelity.py)."""
@@ -102,20 +102,19 @@ class ScreeningSteps:
         state = self.view.state
         made = False
         for rung in fid.rungs:
-            scores = {c.id: c.rungs[rung] for c in state.candidates.values()
-                      if c.rungs.get(rung) is not None and self.view.kind(c.id) == "proposal"}
+            scores = {c.id: score for c in state.candidates.values()
+                      if rung in c.rungs and self.view.kind(c.id) == "proposal"
+                      and (score := self._rung_score(c.id, rung)) is not None}
             waiting = {cid for cid in scores if state.candidates[cid].status == "paused"
                        and max(state.candidates[cid].rungs) == rung}
             if not waiting:
                 continue
-            bar = self._rung_bar(rung)
-            top = max(len(scores) // fid.eta, 0)
-            for cid in promotable(scores, fid.eta, set(scores) - waiting, bar):
-                rank = sorted(scores, key=lambda c: -scores[c]).index(cid) + 1
+            ranked = sorted(scores, key=lambda c: (-scores[c], c))
+            for cid in promotable(scores, fid.eta, set(scores) - waiting):
+                rank = ranked.index(cid) + 1
                 self.store.record("promoted", cid, fraction=fid.next_fraction(rung), rank=rank,
                                   of=len(scores), reason=f"rank {rank} of {len(scores)} at rung "
-                                  f"{rung:g} (the best {top} go on)" if rank <= top else
-                                  f"beats every baseline at rung {rung:g}")
+                                  f"{rung:g} (the best {len(scores) // fid.eta} go on)")
                 made = True
         return made
 

@@ -14,23 +14,25 @@ independent with search.independent_of llm: the researcher prompted with the ref
 alone, in the base config's llm.mode); `random` passes
 `evolve.search.random_search.RandomProposer` to the driver. A method the driver refuses (e.g.
 llm or llm_independent when no model answers) is recorded as an error and the study goes on.
-Runs under one --out share the site's result cache: a baseline (or a design) trained with the
-same seed in an earlier run is reused, not trained again (journaled `reused`, no CPU-hours);
-baseline cost is reported apart and left out of the curves. Rerunning resumes unfinished
+Runs under one --out share the site's result cache for their baselines: a baseline trained
+with the same seed in an earlier run is reused, not trained again (journaled `reused`, no
+CPU-hours); proposals are never taken from the cache (a design another method's run trained
+would cost this one nothing). Baseline cost is reported apart and left out of the curves;
+--cpu-hours bounds each run's proposals (search.max_cpu_hours), so that the methods are
+compared at equal compute. Rerunning resumes unfinished
 runs and returns quickly from finished ones; a changed config (e.g. more --trainings) is
 refused by the run unless --force.
 
-Then it reads each run's journal and writes summary.json, summary.md and two plots
-(best_vs_trainings.png, best_vs_cpu_hours.png): best-so-far fitness against the number of
-finished proposal trainings (in the order they finished; a failed training counts and leaves
-the best unchanged) and against CPU-hours, with the mean and min/max over seeds per method, and
-the trainings each seed needed to first beat the reference baseline (fitness > 0) and, where
-the run trained it, gated_deltanet.
+Then it reads each run's journal (or, with --summarize-only and no run folder, the reading
+committed under --record) and writes summary.json, summary.md and two plots
+(best_vs_trainings.png, best_vs_cpu_hours.png): per method, the best whole-budget fitness at the
+budget with its 95% t interval over search seeds, the loop against each control (paired over
+the search seeds both ran), proposals evaluated per CPU-hour, and the CPU-hours until a proposal
+beat the run's best baselines on bits per byte and on recall at once.
 
-CPU-hours of a training = result.json `wall_s` (from the start of the training job's work to
-its result, evaluation included; the last life only if it was pre-empted) x torch threads
-(train.runtime.num_threads, or launch.cpus_per_task when that is 0) / 3600; job.json's
-`elapsed_s` when there is no result.json.
+CPU-hours of a training = the journal's `cpu_hours`: the process CPU time of each of its jobs
+(a screening rung and its continuation are two), as the job measured it (result.json `cpu_s`);
+robust to a machine shared with other work, which wall time is not.
 """
 
 from __future__ import annotations
@@ -94,7 +96,9 @@ def run_search(cfg: Any, method: str, seed: int, force: bool) -> str | None:
         from evolve.search.random_search import RandomProposer
 
         proposer = RandomProposer(random.Random(f"random-{seed}"))
-    driver = Driver(cfg, force=force, proposer=proposer)
+    # Baselines come from the site's result cache (the same seed's runs share them); proposals
+    # never do: a design another method's run already trained would cost this method nothing.
+    driver = Driver(cfg, force=force, proposer=proposer, reuse_kinds=("baseline",))
     driver.run()
     return driver.stop_reason
 
@@ -339,7 +343,7 @@ def markdown(methods: dict[str, Any], comparisons: list[dict[str, Any]],
              "proposal with lower bits per byte than the run's best baseline on bits per byte and "
              "higher recall (at fitness.mqar_pairs) than its best baseline on recall, one seed "
              "each; CPU-hours are the proposals' process CPU time (baselines apart; a result "
-             "reused from the site's cache costs nothing).\n")
+             "reused from the site's cache costs nothing: only baselines are).\n")
     if comparisons:
         text += ("\n| loop | control | difference of best fitness | 95% CI | interval | "
                  "verdict |\n|---|---|---|---|---|---|\n")
