@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from evolve.state.fsck import Score, check_run, fix_run
-from evolve.state.fsio import NotARunError, StateError, read_json
+from evolve.state.fsck import Score, check_run, fix_run, read_or_none
+from evolve.state.fsio import NotARunError, StateError
 from evolve.state.layout import RunLayout
 from evolve.state.locks import LockTimeoutError, RunLock
 
@@ -112,10 +112,7 @@ def _scorer(layout: RunLayout) -> Score:
         cfg = run_config_from_dict(yaml.safe_load(f) or {}, source=str(layout.run_yaml))
 
     def read(path: Path) -> dict[str, Any]:
-        try:
-            value = read_json(path, {})
-        except (StateError, UnicodeDecodeError):
-            return {}
+        value = read_or_none(path)
         return value if isinstance(value, dict) else {}
 
     def score(done: list[str]) -> dict[str, dict[str, Any]]:

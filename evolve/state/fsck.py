@@ -173,7 +173,7 @@ def _check_jobs(layout: RunLayout, replay: Replay, job_state: JobState) -> list[
     problems = []
     for st in replay.with_status(*ACTIVE_STATUSES):
         paths = layout.candidate(st.id)
-        record = _read(paths.job)
+        record = read_or_none(paths.job)
         if not isinstance(record, dict) or record.get("job_id") != st.job_id:
             problems.append(Problem(paths.job, f"the journal says job {st.job_id} of {st.id} is "
                                     f"{st.status} but job.json does not name it",
@@ -236,7 +236,7 @@ def _event(name: str, t: float, cid: str | None = None, **fields: Any) -> dict[s
     return ev
 
 
-def _read(path: Path) -> Any:
+def read_or_none(path: Path) -> Any:
     """A JSON file, or None when absent or unreadable (fsck reports those separately)."""
     try:
         return read_json(path, None)
@@ -278,7 +278,7 @@ def rebuild_events(layout: RunLayout, *, score: Score | None = None) -> list[dic
         name = fields.pop("event", "scored")
         t = done[cid] + 0.001
         timed.append((t, len(timed), _event(name, t, cid, **fields)))
-        analysis = _read(layout.candidate(cid).analysis)
+        analysis = read_or_none(layout.candidate(cid).analysis)
         if name == "scored" and isinstance(analysis, dict):
             ta = max(_mtime(layout.candidate(cid).analysis, t), t + 0.001)
             timed.append((ta, len(timed), _event("analyzed", ta, cid,
@@ -296,7 +296,7 @@ def rebuild_events(layout: RunLayout, *, score: Score | None = None) -> list[dic
 def _candidate_events(paths: CandidatePaths, start: float, subs: dict[str, dict[str, Any]],
                       done: dict[str, float]) -> list[dict[str, Any]]:
     cid = paths.id
-    prop = _read(paths.proposal)
+    prop = read_or_none(paths.proposal)
     prop = prop if isinstance(prop, dict) else {}
     t = _mtime(paths.proposal, _mtime(paths.dir, start))
     lineage = {"generation": prop.get("generation"), "parents": list(prop.get("parents") or [])}
@@ -304,7 +304,7 @@ def _candidate_events(paths: CandidatePaths, start: float, subs: dict[str, dict[
     if not prop:
         return events
     events.append(_event("proposed", t, cid, **lineage))
-    checks = _read(paths.checks)
+    checks = read_or_none(paths.checks)
     if isinstance(checks, dict):
         events.append(_event("checked", _mtime(paths.checks, t), cid,
                              passed=bool(checks.get("passed")),
@@ -313,9 +313,9 @@ def _candidate_events(paths: CandidatePaths, start: float, subs: dict[str, dict[
                                 {"error": f"gate {checks.get('failed_gate')} failed"})))
     elif prop.get("kind") != "proposal":
         events.append(_event("checked", t, cid, passed=True, gates=prop.get("kind")))
-    record = _read(paths.job)
+    record = read_or_none(paths.job)
     if not isinstance(record, dict):
-        result = _read(paths.result)
+        result = read_or_none(paths.result)
         reused = result.get("reused") if isinstance(result, dict) else None
         if isinstance(reused, dict):  # taken from the site's result cache, never submitted
             tf = _mtime(paths.result, t)
@@ -348,7 +348,7 @@ def _candidate_events(paths: CandidatePaths, start: float, subs: dict[str, dict[
             events.append(_event(outcome, tf, cid, **fields))
             if r is not record and outcome == "done" and rungs:
                 fraction, rung_file = rungs.pop(0)
-                cost = (_read(rung_file) or {}).get("cpu_s") or 0.0
+                cost = (read_or_none(rung_file) or {}).get("cpu_s") or 0.0
                 events.append(_event("rung", tf, cid, rung=fraction, rung_fitness=None,
                                      cpu_hours=round(float(cost) / 3600.0, 6)))
                 events.append(_event("promoted", tf, cid, reason="rebuilt: a later job ran"))
@@ -358,7 +358,7 @@ def _candidate_events(paths: CandidatePaths, start: float, subs: dict[str, dict[
 
 
 def _error_text(paths: CandidatePaths, record: dict[str, Any]) -> str:
-    error = _read(paths.error)
+    error = read_or_none(paths.error)
     if isinstance(error, dict):
         lines = [ln for ln in str(error.get("traceback") or "").strip().splitlines() if ln.strip()]
         return str(error.get("reason") or (lines[-1] if lines else ""))[:500] or "failed"
