@@ -331,7 +331,8 @@ def markdown(methods: dict[str, Any], comparisons: list[dict[str, Any]],
         seeds = f"{len(agg['seeds'])}" + (f" ({failed} failed)" if failed else "")
         lines.append("| " + " | ".join([
             method, seeds, _spread(agg["proposals_evaluated"], ".0f"),
-            _f(rate["mean"], ".1f") + (f" ± {rate['ci95']:.1f}" if rate.get("ci95") else ""),
+            _f(rate["mean"], ".1f") + (f" ± {rate['ci95']:.1f}" if rate.get("ci95") is not None
+                                       and not math.isnan(rate["ci95"]) else ""),
             _f(fb["mean"]) + (f" ± {fb['ci95']:.4f}" if fb.get("ci95") is not None
                               and not math.isnan(fb["ci95"]) else ""),
             f"{agg['beat_both']} of {len(agg['seeds'])}", firsts,
