@@ -69,13 +69,17 @@ class ProposeSteps:
                 continue
             cid = self._new_candidate(draft.code, self._draft_record(draft, verdict), generation,
                                       records=draft.records)
-            pinned = self._spec({"spec": draft.spec.to_dict()}) if draft.spec else None
+            pinned = self._pinned(draft)
             novelty.add(cid, source=draft.code, motivation=draft.motivation, spec=pinned)
             if pinned is not None:
                 designs[pinned.digest()] = cid
             self._gate(cid)
             made += 1
         return made > 0
+
+    def _pinned(self, draft: Draft) -> MixerSpec | None:
+        """A draft's spec with the run's conv width pinned, as archived specs are compared."""
+        return self._spec({"spec": draft.spec.to_dict()}) if draft.spec else None
 
     def _novelty_index(self, archive: list[ArchiveEntry]
                        ) -> tuple[NoveltyIndex, dict[str, str]]:
@@ -92,7 +96,7 @@ class ProposeSteps:
     def _novel(self, draft: Draft, novelty: NoveltyIndex, designs: dict[str, str]) -> Any:
         """The novelty verdict on a draft; None (journaled) for a design or file already in the
         archive, which is never trained again."""
-        pinned = self._spec({"spec": draft.spec.to_dict()}) if draft.spec else None
+        pinned = self._pinned(draft)
         same = designs.get(pinned.digest()) if pinned else None
         if same is not None:
             self.store.record("duplicate_rejected", nearest=same,
