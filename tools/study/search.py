@@ -421,6 +421,12 @@ def collect(out: Path, record: Path | None, methods: list[str], seeds: list[int]
             continue
         if folder is not None:
             reading = read_run(folder)
+            if reading["stopped"] != "complete":
+                # A run stopped before its budget was spent (a signal, STOP): resumed by the
+                # next study call; neither summarized nor recorded until then.
+                print(f"{name}: not complete (stopped: {reading['stopped']}), left out",
+                      file=sys.stderr)
+                continue
             if record is not None:
                 record.mkdir(parents=True, exist_ok=True)
                 (record / f"{name}.json").write_text(json.dumps(reading, indent=1) + "\n")
