@@ -26,17 +26,19 @@ class ScoringSteps:
     def _baseline_ids(self, name: str, preset: str | None) -> tuple[list[str], bool]:
         """Trained candidates of baseline `name` at `preset`, and whether more of its seeds
         are still to come."""
-        state = self.view.state
         done, pending = [], False
-        for c in state.candidates.values():
-            p = self.view.proposal(c.id)
-            if p.get("kind") == "baseline" and p.get("name") == name \
-                    and p.get("preset") == preset:
-                if c.status in TRAINED:
-                    done.append(c.id)
-                elif c.status not in DROPPED:
-                    pending = True
+        for c in self._baselines_named(name, preset):
+            if c.status in TRAINED:
+                done.append(c.id)
+            elif c.status not in DROPPED:
+                pending = True
         return done, pending
+
+    def _baselines_named(self, name: str, preset: str | None) -> list[Any]:
+        """The candidate states of baseline `name` at `preset` (its seeds)."""
+        return [c for c in self.view.state.candidates.values()
+                if (p := self.view.proposal(c.id)).get("kind") == "baseline"
+                and p.get("name") == name and p.get("preset") == preset]
 
     def _reference_ids(self, preset: str | None = None) -> tuple[list[str], bool]:
         return self._baseline_ids(self.cfg.fitness.reference, preset)

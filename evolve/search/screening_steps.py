@@ -41,10 +41,7 @@ class ScreeningSteps:
                       ) -> tuple[list[dict[str, Any]], bool]:
         """Rung results of baseline `name` at `preset`, and whether more are still to come."""
         done, pending = [], False
-        for c in self.view.state.candidates.values():
-            p = self.view.proposal(c.id)
-            if p.get("kind") != "baseline" or p.get("name") != name or p.get("preset") != preset:
-                continue
+        for c in self._baselines_named(name, preset):
             path = self.store.candidate(c.id).rung_result(rung)
             if rung in c.rungs and path.exists():
                 done.append(json.loads(path.read_text()))
