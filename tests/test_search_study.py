@@ -145,6 +145,49 @@ def test_study_runs_each_method_and_summarizes_consistently(tmp_path: Path) -> N
     after = json.loads((elsewhere / "summary.json").read_text())
     assert after["methods"] == before["methods"] and after["runs"] == before["runs"]
 
+    # Each method's best, exported byte for byte and re-trained by tools/study/proxy.py with
+    # the baseline (one seed here), then compared seed by seed in the summary.
+    confirm = tmp_path / "confirm"
+    assert study.main(["--methods", "mutator,random", "--seeds", "0", "--out", str(out),
+                       "--record", str(record), "--export-best", str(confirm)]) == 0
+    designs = json.loads((confirm / "designs.json").read_text())
+    assert designs, "no method scored a proposal"
+    for method, info in designs.items():
+        row = before["runs"][f"search-{method}-s0"]
+        assert info["search_fitness"] == row["best"]
+        source = out / info["run"] / "candidates" / info["candidate"] / "mixer.py"
+        assert (confirm / f"{method}_best.py").read_bytes() == source.read_bytes()
+    train = tmp_path / "train.yaml"
+    train.write_text(yaml.safe_dump(yaml.safe_load(tiny_config(tmp_path).read_text())["train"]))
+    proxy = load_study_tool("proxy")
+    mixers = [str(confirm / f"{m}_best.py") for m in designs]
+    assert proxy.main(["--mixers", ",".join(mixers), "--seeds", "1", "--config", str(train),
+                       "--out", str(tmp_path / "confirm-out"), "--record", str(confirm)]) == 0
+    assert proxy.main(["--mixers", "deltanet", "--seeds", "1", "--config", str(train),
+                       "--out", str(tmp_path / "base-out"), "--record",
+                       str(tmp_path / "base")]) == 0
+    assert study.main(["--methods", "mutator,random", "--seeds", "0", "--out", str(elsewhere),
+                       "--record", str(record), "--summarize-only", "--confirm", str(confirm),
+                       "--baseline-record", str(tmp_path / "base"), "--confirm-seeds", "1"]) == 0
+    table = json.loads((elsewhere / "summary.json").read_text())["confirmation"]
+    assert table["best_bpb_baseline"] == table["best_mqar_baseline"] == "deltanet"
+    base = json.loads((tmp_path / "base" / "deltanet-s0.json").read_text())["metrics"]
+    for method, row in table["designs"].items():
+        again = json.loads((confirm / f"{method}_best-s0.json").read_text())["metrics"]
+        # A CPU training is deterministic per seed: the re-training gives the search's numbers
+        # back, and its fitness against the baseline of the same seed is the search's fitness.
+        assert row["reproduces_search"] is True
+        assert row["fitness_by_seed"]["0"] == pytest.approx(row["search_fitness"], abs=1e-12)
+        assert row["bpb_vs_best"]["mean"] == pytest.approx(base["bpb"] - again["bpb"])
+        assert row["mqar_vs_best"]["mean"] == pytest.approx(again["mqar_acc"] - base["mqar_acc"])
+        assert row["solved"] == int(again["mqar_acc"] >= 0.9)
+    if set(designs) == {"mutator", "random"}:
+        (c,) = table["comparisons"]
+        assert (c["loop"], c["control"], c["seeds"]) == ("mutator", "random", [0])
+        assert c["mean"] == pytest.approx(table["designs"]["mutator"]["fitness_by_seed"]["0"]
+                                          - table["designs"]["random"]["fitness_by_seed"]["0"])
+    assert "Confirmation of each method's best" in (elsewhere / "summary.md").read_text()
+
 
 def test_beating_the_best_baselines_on_both_axes_needs_both_in_one_training() -> None:
     study = load_study_tool("search")

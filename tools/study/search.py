@@ -436,8 +436,33 @@ def collect(out: Path, record: Path | None, methods: list[str], seeds: list[int]
     return runs
 
 
+def _confirm_tool() -> Any:
+    """tools/study/search_confirm.py, loaded by path (the folder is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "study_search_confirm", Path(__file__).with_name("search_confirm.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def confirm_table(runs: dict[str, dict[int, dict[str, Any]]], confirm: Path,
+                  baseline_record: Path, seeds: int) -> dict[str, Any] | None:
+    """The confirmation of each method's best (tools/study/search_confirm.py) with the fitness
+    and baselines of the study's runs."""
+    readings = [r for by_seed in runs.values() for r in by_seed.values()]
+    if not readings:
+        return None
+    config = readings[0]["config"]
+    return _confirm_tool().confirmation(confirm, baseline_record, config["fitness"] or {},
+                                        list(config["search"]["baselines"]),
+                                        list(range(seeds)))
+
+
 def summarize(out: Path, methods: list[str], seeds: list[int] | None,
-              record: Path | None = None) -> dict[str, Any]:
+              record: Path | None = None, confirm: Path | None = None,
+              baseline_record: Path | None = None, confirm_seeds: int = 5) -> dict[str, Any]:
     errors = read_json(out / ERRORS_FILE, {}) or {}
     runs = collect(out, record, methods, seeds, errors)
     # A method whose runs all failed keeps its row (with its errors under the table).
@@ -449,9 +474,16 @@ def summarize(out: Path, methods: list[str], seeds: list[int] | None,
     comparisons = [c for loop, control in pairs
                    if (c := versus(aggregated, loop, control)) is not None]
     text = markdown(aggregated, comparisons, errors)
+    confirmed = None
+    if confirm is not None and baseline_record is not None:
+        confirmed = confirm_table(runs, confirm, baseline_record, confirm_seeds)
+        if confirmed is not None:
+            text += ("\nConfirmation of each method's best (tools/study/search_confirm.py):\n\n"
+                     + _confirm_tool().markdown(confirmed))
     summary = {"cost_measure": "cpu_hours = the journal's cpu_hours (each job's process CPU "
                                "time), proposal trainings only",
                "methods": aggregated, "comparisons": comparisons, "errors": errors,
+               "confirmation": confirmed,
                "runs": {run_name(m, s): r for m, rs in runs.items() for s, r in rs.items()}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -478,6 +510,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true",
                         help="let existing runs take a changed config (e.g. more --trainings)")
     parser.add_argument("--summarize-only", action="store_true")
+    parser.add_argument("--export-best", type=Path, metavar="DIR",
+                        help="write each method's best whole-budget design over --seeds to "
+                             "DIR/<method>_best.py (from its run folder under --out) and print "
+                             "the tools/study/proxy.py command that confirms them; trains nothing")
+    parser.add_argument("--confirm", type=Path, metavar="DIR",
+                        help="add the confirmation of each method's best to the summary, from "
+                             "DIR (the --export-best folder, holding proxy.py's records)")
+    parser.add_argument("--baseline-record", type=Path, default=Path("docs/results/proxy-study"),
+                        help="tools/study/proxy.py's records of the baselines at the study "
+                             "budget, which the confirmation compares with (default: %(default)s)")
+    parser.add_argument("--confirm-seeds", type=int, default=5,
+                        help="training seeds 0..N-1 of the confirmation (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = Path(args.out)
@@ -486,6 +530,20 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(METHODS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    if args.export_best is not None:
+        errors = read_json(out / ERRORS_FILE, {}) or {}
+        tool = _confirm_tool()
+        runs = collect(out, args.record, methods, seeds, errors)
+        paths = tool.export(tool.best_designs(runs), out, args.export_best)
+        pairs = next((r["config"]["fitness"].get("mqar_pairs") for by_seed in runs.values()
+                      for r in by_seed.values()), None)
+        # The study's configs train at tools/study/study-budget.yaml's budget (say so there).
+        print("wrote " + ", ".join(map(str, paths)) + "; confirm them with:\n"
+              f"  .venv/bin/python tools/study/proxy.py --seeds {args.confirm_seeds} "
+              f"--config tools/study/study-budget.yaml --train-pairs {pairs or 8} "
+              f"--mixers {','.join(map(str, paths))} --out bench-out/search-confirm "
+              f"--record {args.export_best}")
+        return 0
     if not args.summarize_only:
         base = load_run_config(args.config) if args.config else default_run_config()
         out.mkdir(parents=True, exist_ok=True)
@@ -506,7 +564,8 @@ def main(argv: list[str] | None = None) -> int:
                 (out / ERRORS_FILE).write_text(json.dumps(errors, indent=2))
                 if args.record is not None:  # each finished run is committed-able at once
                     collect(out, args.record, [method], [seed], errors)
-    summarize(out, methods, seeds, args.record)
+    summarize(out, methods, seeds, args.record, args.confirm, args.baseline_record,
+              args.confirm_seeds)
     print(f"wrote {out / 'summary.json'}, {out / 'summary.md'} and the plots")
     return 0
 
