@@ -83,6 +83,16 @@ def test_asha_promotes_the_best_third_of_those_that_reached_the_rung() -> None:
     assert promotable({**scores, "g": -0.6, "h": -0.7, "i": -0.8}, 3, {"a", "c"}) == ["e"]
 
 
+def test_a_promotion_budget_keeps_asha_to_one_in_eta() -> None:
+    # "b" was promoted while it was the best of the first three; "a" and "c" arrived better.
+    scores = {"a": 0.3, "b": -0.2, "c": 0.1, "d": -0.5, "e": 0.0, "f": -0.1}
+    assert promotable(scores, 3, {"b"}) == ["a", "c"]  # ASHA alone: 3 of 6 promoted
+    assert promotable(scores, 3, {"b"}, budget=True) == ["a"]  # at most floor(6 / 3) = 2
+    assert promotable(scores, 3, {"b", "a"}, budget=True) == []  # "c" waits for a slot
+    assert promotable({**scores, "g": -0.6, "h": -0.7, "i": -0.8}, 3, {"b", "a"},
+                      budget=True) == ["c"]  # three more arrivals open one
+
+
 @pytest.mark.parametrize("fields, key", [({"rungs": [0.5, 0.25]}, "fidelity.rungs"),
                                           ({"rungs": [1.0]}, "fidelity.rungs"),
                                           ({"eta": 1}, "fidelity.eta")])

@@ -47,6 +47,12 @@ class FidelityConfig:
     """Early termination: a proposal's training stops when its loss is above every baseline's
     loss at the same step by more than this (nats); None: only NaN or train.*.diverge_loss stop
     a training. Needs baselines that trained first (their curves set the ceiling)."""
+    promotion_budget: bool = False
+    """Never have promoted more than floor(n / eta) of the n proposals that reached a rung
+    (synchronous successive halving's budget). ASHA alone promotes more: a proposal promoted
+    while few had reached the rung stays promoted when better ones arrive (7 of 22 = 32% at
+    eta 4 in the search study's seed 0, docs/RESULTS.md part 2b). With the budget, a promotable
+    proposal waits until the next arrivals open a slot."""
     stop_after: float = 0.2
     """The loss ceiling applies from this fraction of a track's steps on (early losses of
     different designs are far apart and say little)."""
@@ -72,9 +78,15 @@ class FidelityConfig:
         return next((r for r in self.rungs if r > reached), 1.0)
 
 
-def promotable(scores: Mapping[str, float], eta: int, promoted: set[str]) -> list[str]:
+def promotable(scores: Mapping[str, float], eta: int, promoted: set[str],
+               budget: bool = False) -> list[str]:
     """ASHA at one rung: the candidates (of `scores`, rung fitness by id, higher is better) that
     are among the best floor(n / eta) of the n that reached the rung and were not promoted yet;
-    best first."""
+    best first. With `budget`, only as many as keep the promoted (`promoted` among `scores`)
+    at most floor(n / eta)."""
     ranked = sorted(scores, key=lambda cid: (-scores[cid], cid))
-    return [cid for cid in ranked[: math.floor(len(ranked) / eta)] if cid not in promoted]
+    top = math.floor(len(ranked) / eta)
+    chosen = [cid for cid in ranked[:top] if cid not in promoted]
+    if budget:
+        chosen = chosen[: max(0, top - len(promoted & set(scores)))]
+    return chosen

@@ -107,7 +107,8 @@ class ScreeningSteps:
             if not waiting:
                 continue
             ranked = sorted(scores, key=lambda c: (-scores[c], c))
-            for cid in promotable(scores, fid.eta, set(scores) - waiting):
+            for cid in promotable(scores, fid.eta, set(scores) - waiting,
+                                  fid.promotion_budget):
                 rank = ranked.index(cid) + 1
                 self.store.record("promoted", cid, fraction=fid.next_fraction(rung), rank=rank,
                                   of=len(scores), reason=f"rank {rank} of {len(scores)} at rung "
