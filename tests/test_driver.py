@@ -342,3 +342,29 @@ def test_a_second_run_reuses_the_baselines_the_first_one_trained(tmp_path: Path)
     assert board[base2]["label"] == "(reused) deltanet" and board[base2]["fitness"] == 0.0
     third, trained_third = run("third", reuse=False)
     assert len(trained_third) == 2
+
+
+def test_a_run_whose_reference_baseline_failed_stops_and_says_why(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every training diverges at once (train.lm.diverge_loss below any loss): the reference
+    baseline fails, and the run stops with exit 1 naming it instead of spending its budget on
+    proposals it could never score."""
+    from evolve.cli.main import main
+
+    cfg = run_config_dict(tmp_path / "state", search={"max_candidates": 4},
+                          fitness={"reference": "deltanet"})
+    cfg["train"]["lm"]["diverge_loss"] = 0.01
+    path = tmp_path / "diverging.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "stopped (the reference baseline deltanet (fitness.reference) failed on every seed" \
+        in err, err[-2000:]
+    run = tmp_path / "state" / "mini"
+    state = Store.open(run).replay()
+    reference = [c for c in state.candidates.values()
+                 if json.loads(Store.open(run).candidate(c.id).proposal.read_text()).get("name")
+                 == "deltanet"]
+    assert [c.status for c in reference] == ["failed"]
+    assert f"{reference[0].id}: lm track diverged" in err
+    assert not any(c.status == "scored" for c in state.candidates.values())

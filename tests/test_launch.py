@@ -6,6 +6,7 @@ The scenarios live in jobs_for_tests.py and run again on a real Slurm cluster in
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -130,3 +131,42 @@ def test_launch_config_validation() -> None:
         LaunchConfig(timeout_min=1, signal_delay_s=90)
     with pytest.raises(ValueError, match="sbatch_extra"):
         LaunchConfig(sbatch_extra={"--reservation": "x"})
+
+
+def test_a_job_killed_from_outside_trains_again_once_then_fails(tmp_path: Path) -> None:
+    """A training SIGKILLed (a stopped machine, `kill -9`; the kernel's OOM killer looks the
+    same) leaves no result and no error: the first time it is lost and trains again from its
+    checkpoint, the second time it is a failure, so that a design that is killed every time
+    (out of memory) does not loop."""
+    from evolve.launch.job_state import local_task_processes
+
+    store, (cid,) = jt.new_run(tmp_path / "run", 1)
+    launcher = Launcher(store, jt.launch_config("local"))
+
+    def kill_at(steps: int) -> dict[str, str]:
+        jt.wait_for(lambda: len(jt.metrics(store.candidate(cid).dir)) >= steps, 60,
+                    f"{steps} training steps")
+        job_id = store.replay().candidates[cid].job_id
+        tasks = local_task_processes(int(job_id))
+        assert tasks, f"no training process under job {job_id}"
+        for pid in tasks:
+            os.kill(pid, signal.SIGKILL)
+        return launcher.wait(timeout_s=60, poll_s=0.3)
+
+    try:
+        launcher.submit([cid], jt.CountingJob(steps=40, step_s=0.3), {}, generation=0)
+        assert kill_at(2) == {cid: "lost"}
+        (lost,) = jt.events(store, "lost")
+        assert lost["killed"] is True and "killed from outside" in lost["error"]
+        launcher.submit([cid], jt.CountingJob(steps=40, step_s=0.3), {}, generation=0)
+        first_pid = jt.metrics(store.candidate(cid).dir)[0]["pid"]
+        jt.wait_for(lambda: jt.metrics(store.candidate(cid).dir)[-1]["pid"] != first_pid, 60,
+                    "the second job's first step")
+        assert kill_at(len(jt.metrics(store.candidate(cid).dir)) + 1) == {cid: "failed"}
+    finally:
+        jt.cleanup(store)
+    (failed,) = jt.events(store, "failed")
+    assert "the second time" in failed["error"] and failed["candidate"] == cid
+    steps = [m["step"] for m in jt.metrics(store.candidate(cid).dir)]
+    assert steps == list(range(len(steps))), "the second job repeated or skipped a step"
+    assert store.replay().candidates[cid].status == "failed"

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 SUBMITTABLE_STATUSES = ("created", "proposed", "checked", "submit_failed", "lost", "failed")
 """A candidate in one of these has no live job, so submitting it cannot duplicate a training."""
+MACHINE_FAILURES = ("NODE_FAIL", "BOOT_FAIL")
+"""Slurm end states that say the machine failed, not the training: trained again once."""
 
 
 @dataclass
@@ -314,10 +316,26 @@ class Launcher:
             return self._finish(h, "lost", info, reason=(
                 f"job {h.job_id} was stopped by SIGTERM with its checkpoint kept"))
         first = self._terminal_since.setdefault(h.cid, now)
-        if now - first >= self.cfg.result_grace_s:
+        if now - first < self.cfg.result_grace_s:
+            return None
+        ended = f"job {h.job_id} ended {info.state} (exit {info.exit_code or '?'}) without a result"
+        if (h.executor == "local" and info.state == "EXITED") or info.state in MACHINE_FAILURES:
+            # No result and no Python error: the process was killed from outside (SIGKILL, a
+            # stopped machine, a failed node) or by the kernel's OOM killer. The first is not the
+            # design's fault, so it trains again once, from its checkpoint; twice is a failure.
+            if not self._killed_before(h.cid):
+                return self._finish(h, "lost", info, killed=True, reason=(
+                    f"{ended} or an error (killed from outside?); submitted again once, from "
+                    "its checkpoint"))
             return self._finish(h, "failed", info, reason=(
-                f"job {h.job_id} ended {info.state} (exit {info.exit_code or '?'}) without a result"))
-        return None
+                f"{ended} or an error, the second time (killed twice: out of memory?)"))
+        return self._finish(h, "failed", info, reason=ended)
+
+    def _killed_before(self, cid: str) -> bool:
+        """Whether a job of `cid` already ended killed without a result (journaled `lost` with
+        `killed`); read from the journal only on this rare path."""
+        return any(e.get("event") == "lost" and e.get("candidate") == cid and e.get("killed")
+                   for e in self.store.events())
 
     def _run_debug(self, h: _Handle) -> str:
         job = self._jobs[h.cid]
@@ -331,7 +349,8 @@ class Launcher:
         return self._finish(h, "done", info, result=result)
 
     def _finish(self, h: _Handle, status: str, info: JobInfo, *, result: Any = None,
-                trace: str | None = None, reason: str | None = None) -> str:
+                trace: str | None = None, reason: str | None = None,
+                killed: bool = False) -> str:
         paths = self.store.candidate(h.cid)
         elapsed = info.elapsed_s or max(0.0, time.time() - h.submitted)
         if h.executor == "slurm" and info.source == "sacct":
@@ -361,6 +380,8 @@ class Launcher:
             fields["error"] = _summary(trace) if trace else reason
         elif status == "lost":
             fields["error"] = reason
+            if killed:
+                fields["killed"] = True
         self.store.record(status, h.cid, **fields)
         self._handles.pop(h.cid, None)
         self._jobs.pop(h.cid, None)

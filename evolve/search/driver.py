@@ -199,6 +199,10 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, ScreeningSteps,
             if used >= s.max_gpu_hours:
                 self.stop_reason = "max_gpu_hours"
                 return True
+        # Without its reference a run would spend its whole budget on trainings it cannot score.
+        if (failed := self._reference_failed()) is not None:
+            self.stop_reason = failed
+            return True
         return False
 
     def _complete(self) -> bool:

@@ -50,6 +50,18 @@ class ScoringSteps:
         return Reference.from_results(self._results_of(done), self.cfg.fitness.reference,
                                       self.cfg.fitness.mqar_pairs)
 
+    def _reference_failed(self) -> str | None:
+        """Why no proposal of the run can ever be scored: every seed of the reference baseline
+        (at the run's own preset) failed; None while one trained or may still train."""
+        seeds = self._baselines_named(self.cfg.fitness.reference, None)
+        if not seeds or any(c.status not in DROPPED for c in seeds):
+            return None
+        errors = "; ".join(f"{c.id}: {c.error or c.status}" for c in seeds)
+        return (f"the reference baseline {self.cfg.fitness.reference} (fitness.reference) failed "
+                f"on every seed ({errors}): no proposal can be scored without it. See its "
+                "error.json; fix the cause and start a new run, or resume with another "
+                "fitness.reference (--force)")
+
     def _score_finished(self) -> bool:
         state = self.view.state
         done = state.with_status("done")
