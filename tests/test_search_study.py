@@ -217,3 +217,59 @@ def test_the_loop_against_a_control_is_paired_over_shared_search_seeds() -> None
     assert c["verdict"] == "the loop is better"  # the per-seed differences are all positive
     methods["random"]["final_best_by_seed"] = {"3": 0.3, "4": -0.2}
     assert study.versus(methods, "mutator", "random")["interval"].startswith("Welch")
+
+
+def test_the_confirmation_pairs_each_design_with_the_baselines_of_its_training_seed(
+        tmp_path: Path) -> None:
+    """search_confirm's table from records in tools/study/proxy.py's format: per-seed fitness
+    against the reference of the same seed, t intervals of the per-seed differences, solve
+    rates with Wilson intervals, and a seed not trained yet named, not averaged in."""
+    from evolve.search.fitness import mean_ci
+
+    confirm = load_study_tool("search_confirm")
+    base, folder = tmp_path / "base", tmp_path / "confirm"
+    base.mkdir()
+    folder.mkdir()
+
+    def write(where: Path, name: str, seed: int, bpb: float, recall: float) -> None:
+        (where / f"{name}-s{seed}.json").write_text(json.dumps({
+            "mixer": name, "seed": seed, "status": "ok",
+            "metrics": {"bpb": bpb, "mqar_acc": recall, "mqar_acc_by_pairs": {"16": recall}}}))
+
+    ref = {0: (3.00, 0.50), 1: (2.90, 0.10), 2: (2.95, 0.30)}
+    for s, (bpb, recall) in ref.items():
+        write(base, "gated_deltanet", s, bpb, recall)
+        write(base, "deltanet", s, bpb + 0.2, 0.95)
+    loop = {0: (2.90, 0.95), 1: (2.85, 0.80), 2: (2.99, 0.92)}
+    for s, (bpb, recall) in loop.items():
+        write(folder, "mutator_best", s, bpb, recall)
+    write(folder, "random_best", 0, 3.10, 0.20)  # seeds 1 and 2 not trained yet
+    (folder / "designs.json").write_text(json.dumps({
+        m: {"run": f"search-{m}-s0", "search_seed": 0, "candidate": "c000001",
+            "search_fitness": 0.1, "search_bpb": 2.90, "search_mqar": 0.95}
+        for m in ("mutator", "random")}))
+    table = confirm.confirmation(folder, base, {"reference": "gated_deltanet", "mqar_pairs": 16},
+                                 ["deltanet", "gated_deltanet"], [0, 1, 2])
+    assert table["best_bpb_baseline"] == "gated_deltanet"
+    assert table["best_mqar_baseline"] == "deltanet"
+    row = table["designs"]["mutator"]
+    fits = [ref[s][0] - loop[s][0] + loop[s][1] - ref[s][1] for s in (0, 1, 2)]
+    assert [row["fitness_by_seed"][str(s)] for s in (0, 1, 2)] == pytest.approx(fits)
+    mean, half = mean_ci(fits)
+    assert (row["fitness"]["mean"], row["fitness"]["ci95"]) == pytest.approx((mean, half))
+    assert row["bpb_vs_best"]["mean"] == pytest.approx(
+        sum(ref[s][0] - loop[s][0] for s in (0, 1, 2)) / 3)
+    assert row["mqar_vs_best"]["mean"] == pytest.approx(
+        sum(loop[s][1] - 0.95 for s in (0, 1, 2)) / 3)
+    assert row["solved"] == 2 and row["solve_rate_wilson95"][0] < 2 / 3 < \
+        row["solve_rate_wilson95"][1]
+    assert row["reproduces_search"] is True  # seed 0 gave the search's numbers back
+    other = table["designs"]["random"]
+    assert other["seeds"] == [0] and other["missing_seeds"] == [1, 2]
+    assert other["reproduces_search"] is False
+    (c,) = table["comparisons"]
+    assert c["seeds"] == [0] and c["verdict"] == "one seed"
+    assert c["mean"] == pytest.approx(fits[0] - other["fitness_by_seed"]["0"])
+    text = confirm.markdown(table)
+    assert "random's best: seeds failed none, not trained yet [1, 2]." in text
+    assert "| mutator | search-mutator-s0 c000001 | +0.100 |" in text
