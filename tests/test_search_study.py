@@ -213,6 +213,7 @@ def test_the_loop_against_a_control_is_paired_over_shared_search_seeds() -> None
                "random": {"final_best_by_seed": {"0": 0.05, "1": 0.12, "2": 0.11}}}
     c = study.versus(methods, "mutator", "random")
     assert c["interval"] == "paired over 3 search seeds"
+    assert c["per_seed"] == pytest.approx({"0": 0.05, "1": 0.08, "2": 0.04})
     assert c["difference"] == pytest.approx((0.05 + 0.08 + 0.04) / 3)
     assert c["verdict"] == "the loop is better"  # the per-seed differences are all positive
     methods["random"]["final_best_by_seed"] = {"3": 0.3, "4": -0.2}

@@ -288,9 +288,11 @@ def versus(methods: dict[str, Any], loop: str, control: str) -> dict[str, Any] |
         return None
     ra, rb = a["final_best_by_seed"], b["final_best_by_seed"]
     both = sorted(s for s in ra if s in rb and ra[s] is not None and rb[s] is not None)
+    per_seed: dict[str, float] = {}
     if len(both) >= 2:
         diff, half = mean_ci([ra[s] - rb[s] for s in both])
         kind = f"paired over {len(both)} search seeds"
+        per_seed = {s: ra[s] - rb[s] for s in both}
     else:
         va = [v for v in ra.values() if v is not None]
         vb = [v for v in rb.values() if v is not None]
@@ -301,7 +303,7 @@ def versus(methods: dict[str, Any], loop: str, control: str) -> dict[str, Any] |
     verdict = ("the loop is better" if diff - half > 0 else "the control is better"
                if diff + half < 0 else "not distinguishable")
     return {"loop": loop, "control": control, "difference": diff, "ci95": half,
-            "interval": kind, "verdict": verdict}
+            "interval": kind, "per_seed": per_seed, "verdict": verdict}
 
 
 # ---- writing ---------------------------------------------------------------------------------
@@ -349,12 +351,34 @@ def markdown(methods: dict[str, Any], comparisons: list[dict[str, Any]],
         text += ("\n| loop | control | difference of best fitness | 95% CI | interval | "
                  "verdict |\n|---|---|---|---|---|---|\n")
         for c in comparisons:
+            seeds = ", ".join(f"{d:+.3f}" for d in c.get("per_seed", {}).values())
             text += (f"| {c['loop']} | {c['control']} | {c['difference']:+.4f} | "
-                     f"± {c['ci95']:.4f} | {c['interval']} | {c['verdict']} |\n")
+                     f"± {c['ci95']:.4f} | {c['interval']}{f' ({seeds})' if seeds else ''} | "
+                     f"{c['verdict']} |\n")
     if errors:
         text += "\nErrors:\n" + "".join(f"- {k}: {v.splitlines()[0] if v else v}\n"
                                          for k, v in sorted(errors.items()))
     return text
+
+
+def runs_markdown(runs: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """Per run, its best whole-budget proposal (one training seed) and the bars it was held to."""
+    lines = ["| run | best proposal | its bpb / MQAR (one seed) | fitness | proposals "
+             "(gate-rejected) | the run's best baselines (bpb; MQAR) |", "|---|---|---|---|---|---|"]
+    for method, by_seed in runs.items():
+        for seed, r in sorted(by_seed.items()):
+            scored = [t for t in r["trainings"] if t["event"] == "scored"
+                      and t.get("fitness") is not None]
+            if not scored:
+                continue
+            best = max(scored, key=lambda t: t["fitness"])
+            bars = r["best_baselines"]
+            lines.append(
+                f"| {method}, seed {seed} | {best['id']} | {_f(best['bpb'], '.3f')} / "
+                f"{_f(best['mqar'], '.3f')} | {best['fitness']:+.3f} | {r['proposals']} "
+                f"({r['rejected']}) | {bars['bpb']['baseline']} {bars['bpb']['value']:.3f}; "
+                f"{bars['mqar']['baseline']} {bars['mqar']['value']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(methods: dict[str, Any], runs: dict[str, dict[int, dict[str, Any]]],
@@ -473,7 +497,7 @@ def summarize(out: Path, methods: list[str], seeds: list[int] | None,
              ("llm", "independent"), ("llm", "random"))
     comparisons = [c for loop, control in pairs
                    if (c := versus(aggregated, loop, control)) is not None]
-    text = markdown(aggregated, comparisons, errors)
+    text = markdown(aggregated, comparisons, errors) + "\n" + runs_markdown(runs)
     confirmed = None
     if confirm is not None and baseline_record is not None:
         confirmed = confirm_table(runs, confirm, baseline_record, confirm_seeds)
