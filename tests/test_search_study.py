@@ -156,11 +156,12 @@ def test_study_runs_each_method_and_summarizes_consistently(tmp_path: Path) -> N
         row = before["runs"][f"search-{method}-s0"]
         assert info["search_fitness"] == row["best"]
         source = out / info["run"] / "candidates" / info["candidate"] / "mixer.py"
-        assert (confirm / f"{method}_best.py").read_bytes() == source.read_bytes()
+        assert info["file"] == f"{method}_best_s0_{info['candidate']}.py"
+        assert (confirm / info["file"]).read_bytes() == source.read_bytes()
     train = tmp_path / "train.yaml"
     train.write_text(yaml.safe_dump(yaml.safe_load(tiny_config(tmp_path).read_text())["train"]))
     proxy = load_study_tool("proxy")
-    mixers = [str(confirm / f"{m}_best.py") for m in designs]
+    mixers = [str(confirm / info["file"]) for info in designs.values()]
     assert proxy.main(["--mixers", ",".join(mixers), "--seeds", "1", "--config", str(train),
                        "--out", str(tmp_path / "confirm-out"), "--record", str(confirm)]) == 0
     assert proxy.main(["--mixers", "deltanet", "--seeds", "1", "--config", str(train),
@@ -173,7 +174,8 @@ def test_study_runs_each_method_and_summarizes_consistently(tmp_path: Path) -> N
     assert table["best_bpb_baseline"] == table["best_mqar_baseline"] == "deltanet"
     base = json.loads((tmp_path / "base" / "deltanet-s0.json").read_text())["metrics"]
     for method, row in table["designs"].items():
-        again = json.loads((confirm / f"{method}_best-s0.json").read_text())["metrics"]
+        stem = Path(designs[method]["file"]).stem
+        again = json.loads((confirm / f"{stem}-s0.json").read_text())["metrics"]
         # A CPU training is deterministic per seed: the re-training gives the search's numbers
         # back, and its fitness against the baseline of the same seed is the search's fitness.
         assert row["reproduces_search"] is True
@@ -243,12 +245,12 @@ def test_the_confirmation_pairs_each_design_with_the_baselines_of_its_training_s
         write(base, "deltanet", s, bpb + 0.2, 0.95)
     loop = {0: (2.90, 0.95), 1: (2.85, 0.80), 2: (2.99, 0.92)}
     for s, (bpb, recall) in loop.items():
-        write(folder, "mutator_best", s, bpb, recall)
-    write(folder, "random_best", 0, 3.10, 0.20)  # seeds 1 and 2 not trained yet
+        write(folder, "mutator_best_s0_c000001", s, bpb, recall)
+    write(folder, "random_best_s0_c000001", 0, 3.10, 0.20)  # seeds 1 and 2 not trained yet
     (folder / "designs.json").write_text(json.dumps({
         m: {"run": f"search-{m}-s0", "search_seed": 0, "candidate": "c000001",
-            "search_fitness": 0.1, "search_bpb": 2.90, "search_mqar": 0.95}
-        for m in ("mutator", "random")}))
+            "search_fitness": 0.1, "search_bpb": 2.90, "search_mqar": 0.95,
+            "file": f"{m}_best_s0_c000001.py"} for m in ("mutator", "random")}))
     table = confirm.confirmation(folder, base, {"reference": "gated_deltanet", "mqar_pairs": 16},
                                  ["deltanet", "gated_deltanet"], [0, 1, 2])
     assert table["best_bpb_baseline"] == "gated_deltanet"

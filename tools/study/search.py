@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summarize-only", action="store_true")
     parser.add_argument("--export-best", type=Path, metavar="DIR",
                         help="write each method's best whole-budget design over --seeds to "
-                             "DIR/<method>_best.py (from its run folder under --out) and print "
+                             "DIR/<method>_best_s<seed>_<candidate>.py (from its run folder under --out) and print "
                              "the tools/study/proxy.py command that confirms them; trains nothing")
     parser.add_argument("--confirm", type=Path, metavar="DIR",
                         help="add the confirmation of each method's best to the summary, from "

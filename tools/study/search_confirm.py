@@ -2,12 +2,13 @@
 re-trained with 5 seeds by tools/study/proxy.py, compared seed by seed with the baselines.
 
     # 1. each method's best whole-budget design over its search seeds, as a mixer file
+    #    (<method>_best_s<search seed>_<candidate>.py)
     .venv/bin/python tools/study/search.py --export-best docs/results/search-confirm \
         --methods mutator,independent,random --seeds 0,1,2,3,4 \
         --out bench-out/search-study --record docs/results/search-study
     # 2. each trained with 5 seeds at the study budget (it prints this command)
     .venv/bin/python tools/study/proxy.py --seeds 5 --config tools/study/study-budget.yaml \
-        --train-pairs 16 --mixers docs/results/search-confirm/mutator_best.py,... \
+        --train-pairs 16 --mixers docs/results/search-confirm/mutator_best_s1_c000011.py,... \
         --out bench-out/search-confirm --record docs/results/search-confirm
     # 3. the table, part of the study's summary
     .venv/bin/python tools/study/search.py --summarize-only ... \
@@ -51,9 +52,11 @@ def _proxy() -> ModuleType:
     return module
 
 
-def design_name(method: str) -> str:
-    """The exported file's stem, which tools/study/proxy.py names its trainings by."""
-    return f"{method}_best"
+def design_name(method: str, info: dict[str, Any]) -> str:
+    """The exported file's stem, which tools/study/proxy.py names its trainings by: the method,
+    the search seed and the candidate, so that a later, better best never takes the name (and
+    so the records) of an earlier one."""
+    return f"{method}_best_s{info['search_seed']}_{info['candidate']}"
 
 
 def best_designs(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -82,7 +85,7 @@ def export(best: dict[str, dict[str, Any]], out: Path, folder: Path) -> list[Pat
         if not source.exists():
             raise SystemExit(f"{source} is missing: exporting {method}'s best needs its run "
                              f"folder (the committed reading holds its scores, not its code)")
-        target = folder / f"{design_name(method)}.py"
+        target = folder / f"{design_name(method, info)}.py"
         shutil.copyfile(source, target)
         code = target.read_bytes()
         designs[method] = {**info, "file": target.name,
@@ -136,7 +139,7 @@ def confirmation(folder: Path, baseline_record: Path, fitness_cfg: dict[str, Any
     rows: dict[str, Any] = {}
     per_seed_fitness: dict[str, dict[int, float]] = {}
     for method, info in designs.items():
-        name = design_name(method)
+        name = Path(info["file"]).stem
         results = {s: _load(folder, name, s) for s in seeds}
         done = {s: sc for s, r in results.items() if (sc := scores(r)) is not None}
         failed = [s for s, r in results.items() if r is not None and s not in done]
