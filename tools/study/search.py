@@ -571,8 +571,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.summarize_only:
         base = load_run_config(args.config) if args.config else default_run_config()
         out.mkdir(parents=True, exist_ok=True)
+        signalled = None
         for seed in seeds:  # a seed at a time, every method: a part of the study is whole seeds
             for method in methods:
+                if signalled:  # a stop asked of the study (SIGTERM, Slurm's pre-timeout signal)
+                    break      # ends the study, not just the run it reached
                 name = run_name(method, seed)
                 t0 = time.time()
                 errors = read_json(out / ERRORS_FILE, {}) or {}
@@ -582,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
                     errors.pop(name, None)
                     print(f"{name}: stopped ({reason}) after {time.time() - t0:.0f} s",
                           flush=True)
+                    if str(reason).startswith("signal"):
+                        signalled = reason
                 except Exception as exc:  # a refused method must not stop the others
                     errors[name] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
                     print(f"{name}: error: {type(exc).__name__}: {exc}", flush=True)
