@@ -276,3 +276,27 @@ def test_the_confirmation_pairs_each_design_with_the_baselines_of_its_training_s
     text = confirm.markdown(table)
     assert "random's best: seeds failed none, not trained yet [1, 2]." in text
     assert "| mutator | search-mutator-s0 c000001 | +0.100 |" in text
+
+
+@pytest.mark.slow
+def test_a_signal_ends_the_study_not_only_the_run_in_progress(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "search"
+    script = Path(__file__).resolve().parents[1] / "tools" / "study" / "search.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--methods", "mutator,random", "--seeds", "0",
+         "--trainings", "2", "--config", str(tiny_config(tmp_path)), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    journal = out / "search-mutator-s0" / "journal.jsonl"
+    deadline = time.time() + 300
+    while '"submitted"' not in (journal.read_text() if journal.exists() else ""):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    text = proc.communicate(timeout=300)[0]
+    assert "search-mutator-s0: stopped (signal SIGTERM)" in text, text[-3000:]
+    assert not (out / "search-random-s0").exists(), "the study went on to the next run"
