@@ -143,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_token_budget(cfg.train)  # before the run folder is touched or anything submitted
     driver = Driver(cfg, force=args.force, reuse_results=not args.no_cache)
     code = driver.run()
-    if str(driver.stop_reason).startswith(("submission refused", "the reference baseline")):
+    if driver.stopped_on_error:
         code = code or 1  # nothing could train or be scored: the job ends FAILED in sacct
     print(f"evolve: {cfg.run_dir}: stopped ({driver.stop_reason})", file=sys.stderr)
     from evolve.views.board import print_top

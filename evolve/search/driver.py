@@ -55,6 +55,10 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, ScreeningSteps,
                                   announce=False)
         self.launcher = Launcher(self.store, cfg.launch)
         self.stop_reason: str | None = None
+        self.stopped_on_error = False
+        """Whether the run stopped because it cannot go on (the scheduler refused its jobs,
+        its reference baseline failed), not because it was done or asked to stop: `evolve run`
+        then exits 1, so that a batch job ends FAILED."""
         self.view = RunView(self.store)
         """The one read-model of the run (journal replay, proposals, results), cached."""
         self.train_job = train_job
@@ -201,7 +205,7 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, ScreeningSteps,
                 return True
         # Without its reference a run would spend its whole budget on trainings it cannot score.
         if (failed := self._reference_failed()) is not None:
-            self.stop_reason = failed
+            self.stop_reason, self.stopped_on_error = failed, True
             return True
         return False
 
@@ -341,6 +345,7 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, ScreeningSteps,
                 # Recorded by the launcher; the candidates stay submittable. Stop rather than
                 # spin against a scheduler that refuses (bad partition, account).
                 self.stop_reason = f"submission refused: {exc}"
+                self.stopped_on_error = True
                 return False
         return submitted
 
