@@ -38,6 +38,7 @@ robust to a machine shared with other work, which wall time is not.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -351,9 +352,9 @@ def markdown(methods: dict[str, Any], comparisons: list[dict[str, Any]],
         text += ("\n| loop | control | difference of best fitness | 95% CI | interval | "
                  "verdict |\n|---|---|---|---|---|---|\n")
         for c in comparisons:
-            seeds = ", ".join(f"{d:+.3f}" for d in c.get("per_seed", {}).values())
+            diffs = ", ".join(f"{d:+.3f}" for d in c.get("per_seed", {}).values())
             text += (f"| {c['loop']} | {c['control']} | {c['difference']:+.4f} | "
-                     f"± {c['ci95']:.4f} | {c['interval']}{f' ({seeds})' if seeds else ''} | "
+                     f"± {c['ci95']:.4f} | {c['interval']}{f' ({diffs})' if diffs else ''} | "
                      f"{c['verdict']} |\n")
     if errors:
         text += "\nErrors:\n" + "".join(f"- {k}: {v.splitlines()[0] if v else v}\n"
@@ -460,8 +461,9 @@ def collect(out: Path, record: Path | None, methods: list[str], seeds: list[int]
     return runs
 
 
+@functools.cache
 def _confirm_tool() -> Any:
-    """tools/study/search_confirm.py, loaded by path (the folder is not a package)."""
+    """tools/study/search_confirm.py, loaded by path (the folder is not a package), once."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(

@@ -27,6 +27,7 @@ mean.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -42,9 +43,10 @@ DESIGNS_FILE = "designs.json"
 """Which run and candidate each exported <method>_best.py came from (in the confirm folder)."""
 
 
+@functools.cache
 def _proxy() -> ModuleType:
-    """tools/study/proxy.py (its Wilson interval and solve threshold), loaded by path: the
-    folder's scripts run by path and are not a package."""
+    """tools/study/proxy.py (its Wilson interval and solve threshold), loaded by path (the
+    folder's scripts run by path and are not a package), once."""
     spec = importlib.util.spec_from_file_location("study_proxy", Path(__file__).with_name(
         "proxy.py"))
     module = importlib.util.module_from_spec(spec)
