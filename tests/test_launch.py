@@ -139,6 +139,7 @@ def test_a_job_killed_from_outside_trains_again_once_then_fails(tmp_path: Path) 
     checkpoint, the second time it is a failure, so that a design that is killed every time
     (out of memory) does not loop."""
     from evolve.launch.job_state import local_task_processes
+    from evolve.state.fsck import rebuild_events
 
     store, (cid,) = jt.new_run(tmp_path / "run", 1)
     launcher = Launcher(store, jt.launch_config("local"))
@@ -158,6 +159,11 @@ def test_a_job_killed_from_outside_trains_again_once_then_fails(tmp_path: Path) 
         assert kill_at(2) == {cid: "lost"}
         (lost,) = jt.events(store, "lost")
         assert lost["killed"] is True and "killed from outside" in lost["error"]
+        # A journal rebuilt from the run's files (evolve fsck --fix) still counts the kill (the
+        # rebuild follows a candidate's files from its proposal: this bare run has none).
+        store.write_json(store.candidate(cid).proposal, {"kind": "baseline", "name": "counting"})
+        rebuilt = [e for e in rebuild_events(store) if e["event"] == "lost"]
+        assert [(e["candidate"], e.get("killed")) for e in rebuilt] == [(cid, True)]
         launcher.submit([cid], jt.CountingJob(steps=40, step_s=0.3), {}, generation=0)
         first_pid = jt.metrics(store.candidate(cid).dir)[0]["pid"]
         jt.wait_for(lambda: jt.metrics(store.candidate(cid).dir)[-1]["pid"] != first_pid, 60,

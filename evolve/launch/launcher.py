@@ -368,6 +368,8 @@ class Launcher:
                           finished=round(time.time(), 3), elapsed_s=round(elapsed, 1),
                           gpu_hours=round(gpu_hours, 6), requeues=requeues,
                           exit_code=info.exit_code)
+            if killed:
+                record["killed"] = True  # so that fsck's rebuilt journal still counts the kill
             self.store.write_json(paths.job, record)
         fields: dict[str, Any] = {"job_id": h.job_id, "gpu_hours": round(gpu_hours, 6),
                                   "requeues": requeues}

@@ -98,16 +98,20 @@ class ProposeSteps:
         archive, which is never trained again."""
         pinned = self._pinned(draft)
         same = designs.get(pinned.digest()) if pinned else None
+        # A seed design's refusal names its entry, so that a restarted run does not screen it
+        # (and journal its refusal) again.
+        entry = ({"seed_design": draft.extra["seed_design"]} if "seed_design" in draft.extra
+                 else {})
         if same is not None:
             self.store.record("duplicate_rejected", nearest=same,
-                              reason=f"the same design as {same}")
+                              reason=f"the same design as {same}", **entry)
             return None
         # Compared as archived: with the run's conv width pinned (else a width left to the run
         # reads as a difference and lowers the similarity).
         verdict = novelty.check(source=draft.code, motivation=draft.motivation, spec=pinned)
         if verdict.kind == "duplicate_code":
             self.store.record("duplicate_rejected", nearest=verdict.nearest_id,
-                              reason=verdict.reason)
+                              reason=verdict.reason, **entry)
             return None
         return verdict
 

@@ -10,7 +10,9 @@ rung at once (`rung`, then `promoted`): they are the measure, not the measured.
 
 from __future__ import annotations
 
+import functools
 import json
+from pathlib import Path
 from typing import Any
 
 from evolve.search.fidelity import promotable
@@ -146,11 +148,21 @@ class ScreeningSteps:
 
 def _loss_curve(path: Any) -> dict[str, dict[int, float]]:
     """A metrics file's training loss by track and step (the last row of a step wins: a resumed
-    training truncates what it repeats)."""
+    training truncates what it repeats). Read again only when the file changed: the ceilings
+    are computed for every submission, from the same few baseline files. Read-only."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return {}
+    return _parsed_curve(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_curve(path: str, mtime_ns: int, size: int) -> dict[str, dict[int, float]]:
+    """`_loss_curve` of the file at `path` as it was at (`mtime_ns`, `size`)."""
+    del mtime_ns, size  # the cache key: a changed file is read again
     curve: dict[str, dict[int, float]] = {}
-    if not path.exists():
-        return curve
-    for line in path.read_text().splitlines():
+    for line in Path(path).read_text().splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:

@@ -345,6 +345,8 @@ def _candidate_events(paths: CandidatePaths, start: float, subs: dict[str, dict[
             if outcome != "done":
                 fields["error"] = _error_text(paths, r) if r is record else \
                     f"attempt {n} ended {r.get('state')}"
+            if outcome == "lost" and r.get("killed"):
+                fields["killed"] = True  # the launcher trains a killed job again only once
             events.append(_event(outcome, tf, cid, **fields))
             if r is not record and outcome == "done" and rungs:
                 fraction, rung_file = rungs.pop(0)

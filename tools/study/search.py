@@ -38,7 +38,6 @@ robust to a machine shared with other work, which wall time is not.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import math
@@ -461,16 +460,12 @@ def collect(out: Path, record: Path | None, methods: list[str], seeds: list[int]
     return runs
 
 
-@functools.cache
 def _confirm_tool() -> Any:
-    """tools/study/search_confirm.py, loaded by path (the folder is not a package), once."""
-    import importlib.util
+    """tools/study/search_confirm.py: a sibling script, imported as a module (the folder of the
+    script that runs is first on sys.path; tests/study_tools.py puts it there for the tests)."""
+    import search_confirm
 
-    spec = importlib.util.spec_from_file_location(
-        "study_search_confirm", Path(__file__).with_name("search_confirm.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return search_confirm
 
 
 def confirm_table(runs: dict[str, dict[int, dict[str, Any]]], confirm: Path,

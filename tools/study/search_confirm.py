@@ -27,9 +27,7 @@ mean.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib.util
 import json
 import math
 import shutil
@@ -43,15 +41,12 @@ DESIGNS_FILE = "designs.json"
 """Which run and candidate each exported <method>_best.py came from (in the confirm folder)."""
 
 
-@functools.cache
 def _proxy() -> ModuleType:
-    """tools/study/proxy.py (its Wilson interval and solve threshold), loaded by path (the
-    folder's scripts run by path and are not a package), once."""
-    spec = importlib.util.spec_from_file_location("study_proxy", Path(__file__).with_name(
-        "proxy.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    """tools/study/proxy.py (its Wilson interval and solve threshold): a sibling script,
+    imported as a module (see search.py's `_confirm_tool`)."""
+    import proxy
+
+    return proxy
 
 
 def design_name(method: str, info: dict[str, Any]) -> str:
