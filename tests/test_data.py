@@ -263,10 +263,11 @@ def test_mqar_batches_are_deterministic() -> None:
     assert not torch.equal(ex[:32], x)
 
 
-@pytest.mark.parametrize("vocab, seq_len, pairs", [(64, 64, 8), (64, 64, 16), (128, 256, 32),
-                                                   (8, 13, 3), (8192, 256, 64)])
-def test_mqar_structure(vocab: int, seq_len: int, pairs: int) -> None:
-    cfg = MQARConfig(vocab_size=vocab, seq_len=seq_len, num_kv_pairs=pairs,
+@pytest.mark.parametrize("vocab, seq_len, pairs, gap", [
+    (64, 64, 8, 0), (64, 64, 16, 0), (128, 256, 32, 0), (8, 13, 3, 0), (8192, 256, 64, 0),
+    (64, 192, 16, 128), (64, 193, 16, 129), (8, 14, 3, 1)])
+def test_mqar_structure(vocab: int, seq_len: int, pairs: int, gap: int) -> None:
+    cfg = MQARConfig(vocab_size=vocab, seq_len=seq_len, num_kv_pairs=pairs, query_gap=gap,
                      eval_num_kv_pairs=(pairs,), num_eval_examples=64)
     x, y = mqar_batch(cfg, step=0, batch_size=64, seed=0)
     half = vocab // 2
@@ -276,10 +277,12 @@ def test_mqar_structure(vocab: int, seq_len: int, pairs: int) -> None:
         assert len(set(values)) == pairs and all(half <= v < vocab for v in values)
         paired = dict(zip(keys, values, strict=True))
         queries = [t for t, label in enumerate(row_y) if label != IGNORE_INDEX]
-        assert len(queries) == pairs and all(t >= 2 * pairs for t in queries)
+        assert len(queries) == pairs and all(t >= 2 * pairs + gap for t in queries)
         assert sorted(row_x[t] for t in queries) == sorted(keys)  # every key asked once
         for t in queries:
             assert row_y[t] == paired[row_x[t]]
+            # out of reach of a local window of gap + 1 tokens (the query's own included)
+            assert t - row_x.index(row_x[t]) >= gap + 2
         assert all(row_y[t] == IGNORE_INDEX for t in range(seq_len) if t not in queries)
         assert all(0 <= tok < vocab for tok in row_x)
 
@@ -290,6 +293,9 @@ def test_mqar_structure(vocab: int, seq_len: int, pairs: int) -> None:
     ({"vocab_size": 63}, "must be even"),
     ({"eval_num_kv_pairs": ()}, "eval_num_kv_pairs is empty"),
     ({"eval_num_kv_pairs": [4, 32]}, "num_kv_pairs=32"),
+    ({"query_gap": 4}, r"4 \* pairs \+ query_gap \(4\) <= seq_len \+ 1 \(at most 15 pairs\)"),
+    ({"query_gap": -1}, "query_gap=-1 must be a whole number >= 0"),
+    ({"query_gap": 2.5}, "query_gap=2.5 must be"),
 ])
 def test_mqar_config_rejects_bad_values(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):

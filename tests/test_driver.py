@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -130,6 +131,20 @@ def test_stop_file_ends_the_loop_cleanly(tmp_path: Path) -> None:
     driver = Driver(cfg)
     (cfg.run_dir / "STOP").touch()
     assert driver.run() == 0 and driver.stop_reason.startswith("STOP file ")
+
+
+def test_a_run_whose_recall_a_window_can_answer_is_warned_about_at_start(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The tiny preset's 64-token MQAR: the design space's 128-token window sees every key
+    # (evolve/search/recall_reach.py; tests/test_recall_reach.py for the arithmetic).
+    cfg = load_run_config(mini_config(tmp_path))
+    driver = Driver(cfg)
+    (cfg.run_dir / "STOP").touch()
+    with caplog.at_level(logging.WARNING, logger="evolve"):
+        assert driver.run() == 0
+    (warning,) = [r.getMessage() for r in caplog.records
+                  if r.getMessage().startswith("recall (MQAR) cannot tell")]
+    assert "set train.mqar_task.query_gap >= " in warning
 
 
 def _driver_proc(config: Path, cwd: Path) -> subprocess.Popen:

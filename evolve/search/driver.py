@@ -143,6 +143,11 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, ScreeningSteps,
                     self._start_agents()
                 self.store.record("driver_start", pid=os.getpid(), host=socket.gethostname(),
                                   proposer=self.proposer.name)
+                if self.cfg.fitness.mqar_weight:
+                    from evolve.search.recall_reach import reach_warning
+
+                    if (warning := reach_warning(self.cfg.train)) is not None:
+                        log.warning("%s", warning)
                 self.launcher.resume()
                 self._recover_created()
                 if not self._should_stop():

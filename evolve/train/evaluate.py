@@ -206,7 +206,8 @@ def mqar_accuracy(model: torch.nn.Module, cfg: MQARConfig,
     try:
         with torch.no_grad():
             for p in num_kv_pairs_list or cfg.eval_num_kv_pairs:
-                check_pairs(p, vocab_size=cfg.vocab_size, seq_len=cfg.seq_len)
+                check_pairs(p, vocab_size=cfg.vocab_size, seq_len=cfg.seq_len,
+                            query_gap=cfg.query_gap)
                 x, y = mqar_eval_set(cfg, p)
                 correct = total = 0
                 for start in range(0, len(x), batch_size):

@@ -7,8 +7,14 @@ query, the value that was paired with that key::
                              labels: -100 except at each query key, where it is that key's value
 
 Keys come from 1 .. vocab/2 - 1, values from vocab/2 .. vocab - 1 (distinct within a sequence);
-queries sit on even offsets after the pairs, their gaps drawn from Zoology's power law; every
-other position holds filler (0, or a random token with random_non_queries) and is ignored (-100).
+queries sit on even offsets after the pairs (and after `query_gap` tokens of filler), their gaps
+drawn from Zoology's power law; every other position holds filler (0, or a random token with
+random_non_queries) and is ignored (-100).
+
+The gap is what makes recall mean recall for a design with a local path: a sliding-window
+attention of w tokens sees every key of a sequence no longer than w, and on Zoology's bunched
+queries it sees most keys of any sequence. With `query_gap` >= w - 1 no query is within w tokens
+of its key, so only the design's long-range memory can answer.
 
 Usage::
 
@@ -47,13 +53,17 @@ class MQARConfig:
     """Key-value pairs per training sequence (every key is queried once)."""
     power_a: float = 0.01
     """Zoology's power-law exponent for the gaps between queries (small: queries bunch early)."""
+    query_gap: int = 0
+    """Filler tokens between the last pair and the first query slot: every query is at least
+    query_gap + 2 tokens after its key, out of reach of a local window of query_gap + 1 tokens
+    (0: Zoology's layout, queries right after the pairs)."""
     random_non_queries: bool = False
     """Fill non-query positions with random tokens (Zoology's default, meant for vocabularies of
     thousands) instead of 0. With a small vocabulary random filler repeats the sequence's own
     keys, each followed by a random token, which overwrites the pairs in a recurrent state and
     makes the task unlearnable (tiny preset: 15% accuracy at 8 pairs after 800 steps)."""
     eval_num_kv_pairs: tuple[int, ...] = (4, 8, 16)
-    """Pair counts to report accuracy at (each needs 4 * pairs <= seq_len + 1)."""
+    """Pair counts to report accuracy at (each needs 4 * pairs + query_gap <= seq_len + 1)."""
     num_eval_examples: int = 1024
     """Sequences in the fixed evaluation set of each pair count."""
     eval_seed: int = 1234
@@ -68,30 +78,37 @@ class MQARConfig:
             raise ValueError(f"power_a={self.power_a} must lie in (0, 1]")
         if not self.eval_num_kv_pairs:
             raise ValueError("eval_num_kv_pairs is empty; give at least one pair count")
+        if isinstance(self.query_gap, bool) or not isinstance(self.query_gap, int) \
+                or self.query_gap < 0:
+            raise ValueError(f"query_gap={self.query_gap!r} must be a whole number >= 0 (filler "
+                             "tokens between the pairs and the queries)")
         for p in (self.num_kv_pairs, *self.eval_num_kv_pairs):
-            check_pairs(p, vocab_size=self.vocab_size, seq_len=self.seq_len)
+            check_pairs(p, vocab_size=self.vocab_size, seq_len=self.seq_len,
+                        query_gap=self.query_gap)
 
 
-def check_pairs(num_kv_pairs: int, *, vocab_size: int, seq_len: int) -> None:
-    """Raise ValueError unless `num_kv_pairs` pairs fit the vocabulary and the length."""
+def check_pairs(num_kv_pairs: int, *, vocab_size: int, seq_len: int, query_gap: int = 0) -> None:
+    """Raise ValueError unless `num_kv_pairs` pairs (and `query_gap`) fit the vocabulary and
+    the length."""
     if num_kv_pairs < 1:
         raise ValueError(f"num_kv_pairs={num_kv_pairs} must be at least 1")
     if num_kv_pairs > vocab_size // 2 - 1:
         raise ValueError(f"num_kv_pairs={num_kv_pairs} exceeds the {vocab_size // 2 - 1} "
                          f"distinct keys of vocab_size={vocab_size}")
-    if 4 * num_kv_pairs > seq_len + 1:
+    if 4 * num_kv_pairs + query_gap > seq_len + 1:
+        gap = f" + query_gap ({query_gap})" if query_gap else ""
         raise ValueError(f"num_kv_pairs={num_kv_pairs} does not fit seq_len={seq_len}: pairs "
-                         f"and queries need 4 * pairs <= seq_len + 1 (at most "
-                         f"{(seq_len + 1) // 4} pairs)")
+                         f"and queries need 4 * pairs{gap} <= seq_len + 1 (at most "
+                         f"{(seq_len + 1 - query_gap) // 4} pairs)")
 
 
 def generate_mqar(rng: np.random.Generator, *, num_examples: int, vocab_size: int, seq_len: int,
-                  num_kv_pairs: int, power_a: float = 0.01,
+                  num_kv_pairs: int, power_a: float = 0.01, query_gap: int = 0,
                   random_non_queries: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Draw `num_examples` MQAR sequences from `rng`: (inputs, labels), int64 [N, seq_len]."""
     import numpy as np
 
-    check_pairs(num_kv_pairs, vocab_size=vocab_size, seq_len=seq_len)
+    check_pairs(num_kv_pairs, vocab_size=vocab_size, seq_len=seq_len, query_gap=query_gap)
     n, p, half = num_examples, num_kv_pairs, vocab_size // 2
     keys = _distinct(rng, n, half - 1, p) + 1
     values = _distinct(rng, n, half, p) + half
@@ -104,14 +121,15 @@ def generate_mqar(rng: np.random.Generator, *, num_examples: int, vocab_size: in
     inputs[:, 0:2 * p:2] = keys
     inputs[:, 1:2 * p:2] = values
 
-    # Query slots: even offsets after the pairs, chosen without replacement with Zoology's
-    # power-law weights (Gumbel top-k samples exactly that).
-    num_slots = (seq_len - 2 * p + 1) // 2
+    # Query slots: even offsets after the pairs and the gap, chosen without replacement with
+    # Zoology's power-law weights (Gumbel top-k samples exactly that).
+    first = 2 * p + query_gap
+    num_slots = (seq_len - first + 1) // 2
     x = np.arange(1, num_slots + 1, dtype=np.float64)
     log_w = np.log(power_a) + (power_a - 1.0) * np.log(x)
     gumbel = -np.log(-np.log(rng.random((n, num_slots)).clip(1e-300, 1.0)))
     slots = np.argsort(-(log_w + gumbel), axis=1)[:, :p]
-    pos = 2 * p + 2 * slots                                   # [n, p]
+    pos = first + 2 * slots                                   # [n, p]
     rows = np.arange(n)[:, None]
     inputs[rows, pos] = keys
     labels[rows, pos] = values
@@ -147,7 +165,7 @@ def mqar_batch(cfg: MQARConfig, *, step: int, batch_size: int, seed: int, rank: 
 
     rng = np.random.default_rng([seed, 0, step, 0])
     x, y = generate_mqar(rng, num_examples=batch_size, vocab_size=cfg.vocab_size,
-                         seq_len=cfg.seq_len, power_a=cfg.power_a,
+                         seq_len=cfg.seq_len, power_a=cfg.power_a, query_gap=cfg.query_gap,
                          random_non_queries=cfg.random_non_queries,
                          num_kv_pairs=cfg.num_kv_pairs if num_kv_pairs is None else num_kv_pairs)
     from evolve.train.distributed import rank_rows
@@ -164,5 +182,5 @@ def mqar_eval_set(cfg: MQARConfig, num_kv_pairs: int) -> tuple[torch.Tensor, tor
     rng = np.random.default_rng([cfg.eval_seed, 1, num_kv_pairs, 0])
     x, y = generate_mqar(rng, num_examples=cfg.num_eval_examples, vocab_size=cfg.vocab_size,
                          seq_len=cfg.seq_len, num_kv_pairs=num_kv_pairs, power_a=cfg.power_a,
-                         random_non_queries=cfg.random_non_queries)
+                         query_gap=cfg.query_gap, random_non_queries=cfg.random_non_queries)
     return torch.from_numpy(x), torch.from_numpy(y)
