@@ -95,7 +95,11 @@ def test_a_promotion_budget_keeps_asha_to_one_in_eta() -> None:
 
 @pytest.mark.parametrize("fields, key", [({"rungs": [0.5, 0.25]}, "fidelity.rungs"),
                                           ({"rungs": [1.0]}, "fidelity.rungs"),
-                                          ({"eta": 1}, "fidelity.eta")])
+                                          ({"eta": 1}, "fidelity.eta"),
+                                          ({"rung_tracks": ["lm", "recall"]},
+                                           "fidelity.rung_tracks"),
+                                          ({"rung_tracks": ["lm", "lm"]},
+                                           "fidelity.rung_tracks")])
 def test_bad_fidelity_settings_are_named(fields: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key):
         FidelityConfig(**fields)
@@ -107,6 +111,55 @@ def test_a_bad_fidelity_setting_in_a_run_file_names_the_file(tmp_path: Path) -> 
                                                    search={"fidelity": {"rungs": [2]}})))
     with pytest.raises((ConfigError, ValueError), match="fidelity.rungs"):
         load_run_config(path)
+
+
+def test_rung_tracks_that_name_no_track_of_the_run_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "lm-only.yaml"
+    path.write_text(yaml.safe_dump(run_config_dict(
+        tmp_path / "state", train={"mqar": None},
+        search={"fidelity": {"rungs": [0.5], "rung_tracks": ["mqar"]}})))
+    with pytest.raises(ConfigError, match=r"rung_tracks=\['mqar'\] names no track the run "
+                                          r"trains \(lm\)"):
+        load_run_config(path)
+
+
+@pytest.mark.slow
+def test_a_rung_of_the_lm_track_alone_scores_on_bpb_and_trains_recall_when_going_on(
+        tmp_path: Path) -> None:
+    path = tmp_path / "lm-rung.yaml"
+    path.write_text(yaml.safe_dump(run_config_dict(
+        tmp_path / "state", steps=8, checkpoint_every=100, log_every=1,
+        launch={"executor": "debug"}, fitness={"mqar_pairs": 8},
+        search={"max_candidates": 2, "generation_size": 2, "baselines": ["deltanet"],
+                "fidelity": {"rungs": [0.5], "eta": 2, "stop_margin": 20.0, "stop_after": 0.0,
+                             "rung_tracks": ["lm"]}})))
+    driver = Driver(load_run_config(path))
+    assert driver.run() == 0 and driver.stop_reason == "complete"
+    events = list(driver.store.events())
+    promoted = {e["candidate"] for e in events if e["event"] == "promoted"}
+    rung_fitness = {e["candidate"]: e["rung_fitness"] for e in events if e["event"] == "rung"}
+    proposals = [c.id for c in driver.view.candidates("proposal")]
+    assert proposals and promoted & set(proposals)
+    for cid in [c.id for c in driver.view.candidates()]:
+        paths = driver.store.candidate(cid)
+        rung = json.loads(paths.rung_result(0.5).read_text())
+        assert list(rung["tracks"]) == ["lm"] and "mqar_acc" not in rung["metrics"]
+        if cid in proposals:
+            assert rung_fitness[cid] is not None  # bits per byte against the reference's rung
+        if cid in promoted:
+            whole = driver.view.result(cid)
+            assert whole["budget_fraction"] == 1.0 and whole["metrics"]["mqar_acc"] is not None
+            rows = loss_rows(paths.dir)
+            # lm went on from its rung checkpoint; mqar trained only now, from its first step.
+            assert [s for t, s, _ in rows if t == "lm"] == list(range(1, 9))
+            assert [s for t, s, _ in rows if t == "mqar"] == list(range(1, 9))
+        else:
+            assert driver.view.state.candidates[cid].status == "paused"
+    # A rung's config: the lm track with its loss ceiling, no mqar track (and its ceiling,
+    # from the baselines' whole curves, kept for the continuation).
+    rung_cfg = driver._submitted_config(None, 0, 0.5, ceiling=True)
+    assert rung_cfg["mqar"] is None and rung_cfg["lm"]["loss_ceiling"]
+    assert driver._submitted_config(None, 0, 1.0, ceiling=True)["mqar"]["loss_ceiling"]
 
 
 @pytest.mark.slow

@@ -383,8 +383,16 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, ScreeningSteps,
         train_cfg = to_dict(self._train_config(preset_name))
         train_cfg["seed"] = seed
         train_cfg["budget_fraction"] = fraction
+        rung_tracks = self.cfg.search.fidelity.rung_tracks
+        if fraction < 1.0 and rung_tracks:
+            # A rung trains only these tracks; the others start when the proposal continues.
+            # (check_runnable refused a run file whose rung_tracks name no track it trains.)
+            for track in ("lm", "mqar"):
+                if track not in rung_tracks:
+                    train_cfg[track] = None
         for track, pairs in (self._loss_ceilings(preset_name) if ceiling else {}).items():
-            train_cfg[track]["loss_ceiling"] = pairs
+            if train_cfg.get(track) is not None:  # a track this rung trains
+                train_cfg[track]["loss_ceiling"] = pairs
         return train_cfg
 
     def _train_config(self, preset_name: str | None) -> Any:

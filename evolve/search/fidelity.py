@@ -56,8 +56,18 @@ class FidelityConfig:
     stop_after: float = 0.2
     """The loss ceiling applies from this fraction of a track's steps on (early losses of
     different designs are far apart and say little)."""
+    rung_tracks: tuple[str, ...] = ()
+    """The tracks (lm, mqar) a rung trains and scores; the others train only when a proposal
+    continues, then from their first step. Empty: every track. Recall at a quarter of the
+    tiny preset's 400 MQAR steps is the end of its 100-step warm-up, at chance for most
+    designs: screening it costs half of a rung and says little (docs/RESULTS.md part 2b)."""
 
     def __post_init__(self) -> None:
+        self.rung_tracks = tuple(self.rung_tracks)
+        unknown = [t for t in self.rung_tracks if t not in ("lm", "mqar")]
+        if unknown or len(set(self.rung_tracks)) != len(self.rung_tracks):
+            raise ValueError(f"fidelity.rung_tracks={list(self.rung_tracks)}: name each of lm, "
+                             "mqar at most once (empty: every track)")
         self.rungs = tuple(float(r) for r in self.rungs)
         if any(not 0.0 < r < 1.0 for r in self.rungs) or list(self.rungs) != sorted(set(self.rungs)):
             raise ValueError(f"fidelity.rungs={list(self.rungs)} must be ascending, distinct "

@@ -76,8 +76,8 @@ class Reference:
 def mqar_accuracy(metrics: dict[str, Any], pairs: int | None = None) -> float | None:
     """MQAR accuracy at the training pair count (`mqar_acc`), or at `pairs` key-value pairs
     (a harder setting with headroom: at 8 pairs the strong baselines are all near 100%)."""
-    if pairs is None:
-        return metrics.get("mqar_acc")
+    if pairs is None or "mqar_acc" not in metrics:
+        return metrics.get("mqar_acc")  # None: no MQAR track (a rung that trains lm alone)
     by_pairs = metrics.get("mqar_acc_by_pairs") or {}
     if str(pairs) not in by_pairs:
         raise ValueError(f"fitness.mqar_pairs={pairs}: the results were evaluated at "

@@ -86,6 +86,12 @@ def check_runnable(cfg: Any, source: str = "run file") -> None:
             "launch.gpus_per_task is 0 under executor slurm, so its trainings get no GPU: set "
             "launch.gpus_per_task: 1 and a GPU launch.partition (in the run file or the site "
             "file's launch:), or train on CPU (train.runtime.device: cpu)")
+    fid = cfg.search.fidelity
+    if fid.rung_tracks and not set(fid.rung_tracks) & set(cfg.train.tracks()):
+        raise ConfigError(
+            f"{source}: search.fidelity.rung_tracks={list(fid.rung_tracks)} names no track the "
+            f"run trains ({', '.join(cfg.train.tracks())}): name one of them, or leave it empty "
+            "(a rung trains every track)")
     promote = cfg.search.promote
     check_keys(LaunchConfig, promote.launch, source, {}, "search.promote.launch")
     if promote.top and promote.train_config().runtime.device == "cuda" \
