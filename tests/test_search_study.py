@@ -158,6 +158,18 @@ def test_study_runs_each_method_and_summarizes_consistently(tmp_path: Path) -> N
         source = out / info["run"] / "candidates" / info["candidate"] / "mixer.py"
         assert info["file"] == f"{method}_best_s0_{info['candidate']}.py"
         assert (confirm / info["file"]).read_bytes() == source.read_bytes()
+    # Exported again from the committed readings alone (no run folders): the bests did not
+    # change, so the committed copies stay; a copy whose bytes changed is refused.
+    assert study.main(["--methods", "mutator,random", "--seeds", "0", "--out", str(elsewhere),
+                       "--record", str(record), "--export-best", str(confirm)]) == 0
+    assert json.loads((confirm / "designs.json").read_text()) == designs
+    first = confirm / next(iter(designs.values()))["file"]
+    code = first.read_bytes()
+    first.write_bytes(code + b"# edited\n")
+    with pytest.raises(SystemExit, match="is missing: exporting"):
+        study.main(["--methods", "mutator,random", "--seeds", "0", "--out", str(elsewhere),
+                    "--record", str(record), "--export-best", str(confirm)])
+    first.write_bytes(code)
     train = tmp_path / "train.yaml"
     train.write_text(yaml.safe_dump(yaml.safe_load(tiny_config(tmp_path).read_text())["train"]))
     proxy = load_study_tool("proxy")

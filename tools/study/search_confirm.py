@@ -74,15 +74,26 @@ def best_designs(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[s
 
 def export(best: dict[str, dict[str, Any]], out: Path, folder: Path) -> list[Path]:
     """Copy each best design's mixer file out of its run folder (under `out`) into `folder` as
-    <method>_best.py, byte for byte, and write designs.json (where each came from)."""
+    <method>_best.py, byte for byte, and write designs.json (where each came from). A best
+    already exported there (designs.json names its run and candidate, and the file's bytes
+    have the recorded sha256) is kept as it is: its run folder is not needed again."""
     folder.mkdir(parents=True, exist_ok=True)
+    before = json.loads((folder / DESIGNS_FILE).read_text()) \
+        if (folder / DESIGNS_FILE).exists() else {}
     designs, paths = {}, []
     for method, info in best.items():
         source = out / info["run"] / "candidates" / info["candidate"] / "mixer.py"
+        target = folder / f"{design_name(method, info)}.py"
+        had = before.get(method) or {}
+        if not source.exists() and target.exists() \
+                and (had.get("run"), had.get("candidate")) == (info["run"], info["candidate"]) \
+                and hashlib.sha256(target.read_bytes()).hexdigest() == had.get("sha256"):
+            designs[method] = {**info, "file": target.name, "sha256": had["sha256"]}
+            paths.append(target)
+            continue
         if not source.exists():
             raise SystemExit(f"{source} is missing: exporting {method}'s best needs its run "
                              f"folder (the committed reading holds its scores, not its code)")
-        target = folder / f"{design_name(method, info)}.py"
         shutil.copyfile(source, target)
         code = target.read_bytes()
         designs[method] = {**info, "file": target.name,
