@@ -312,3 +312,28 @@ def test_a_signal_ends_the_study_not_only_the_run_in_progress(tmp_path: Path) ->
     text = proc.communicate(timeout=300)[0]
     assert "search-mutator-s0: stopped (signal SIGTERM)" in text, text[-3000:]
     assert not (out / "search-random-s0").exists(), "the study went on to the next run"
+
+
+def test_screening_costs_are_rebuilt_from_the_committed_readings(tmp_path: Path) -> None:
+    """tools/study/screening.py on the committed readings gives docs/RESULTS.md part 2b's
+    screening table: per-job costs are the steps of the readings' running CPU totals."""
+    screening = load_study_tool("screening")
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    full = results / "search-full" / "search-mutator-s0.json"
+    budgeted = results / "search-budgeted" / "search-mutator-s0.json"
+    assert screening.main([str(full), str(budgeted), "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "screening.json").read_text())["rows"]
+    assert [r["proposals_evaluated"] for r in rows] == [13, 24]
+    assert [round(r["per_cpu_hour"], 1) for r in rows] == [47.8, 90.2]
+    assert round(rows[1]["ratio"], 2) == 1.89
+    assert rows[0]["jobs"]["whole"]["n"] == 13 and rows[0]["reached_rung"] == 0
+    assert round(rows[0]["jobs"]["whole"]["mean_cpu_s"], 1) == 75.4
+    jobs = rows[1]["jobs"]
+    assert (jobs["rung"]["n"], jobs["continuation"]["n"], jobs["whole"]["n"]) == (24, 6, 0)
+    assert (round(jobs["rung"]["mean_cpu_s"], 1), round(jobs["continuation"]["mean_cpu_s"], 1)) \
+        == (24.4, 62.0)
+    assert (rows[1]["went_on"], rows[1]["reached_rung"]) == (6, 24)
+    # Every job's cost is counted once: the kinds add up to the run's CPU time.
+    for r, reading in zip(rows, (full, budgeted), strict=True):
+        total = sum(j["n"] * (j["mean_cpu_s"] or 0.0) for j in r["jobs"].values())
+        assert abs(total / 3600 - json.loads(reading.read_text())["proposal_cpu_hours"]) < 1e-5
