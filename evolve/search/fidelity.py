@@ -58,9 +58,10 @@ class FidelityConfig:
     different designs are far apart and say little)."""
     rung_tracks: tuple[str, ...] = ()
     """The tracks (lm, mqar) a rung trains and scores; the others train only when a proposal
-    continues, then from their first step. Empty: every track. Recall at a quarter of the
-    tiny preset's 400 MQAR steps is the end of its 100-step warm-up, at chance for most
-    designs: screening it costs half of a rung and says little (docs/RESULTS.md part 2b)."""
+    continues, then from their first step. Empty: every track. A quarter of the tiny preset's
+    400 MQAR steps is the end of its 100-step warm-up, where recall is mostly at chance:
+    screening it costs half of a rung and says little, but a rung of lm alone selects for bits
+    per byte alone (docs/RESULTS.md part 2b measures both)."""
 
     def __post_init__(self) -> None:
         self.rung_tracks = tuple(self.rung_tracks)

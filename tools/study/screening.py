@@ -10,7 +10,10 @@ The first reading is the reference (full budget: every proposal trained whole). 
 `trainings` hold the running total of the proposals' CPU-hours (each job's process CPU time),
 so each job's cost is the step of that total at its event: `rung` a screening rung's job,
 `scored` a continuation (after a rung) or a whole training, `failed` a job that failed or was
-stopped early. Prints a Markdown table and writes <out>/screening.json.
+stopped early. What the rungs measured (readings of search.py from 2026-12-05 on keep each
+rung's bits per byte and recall): how many rung results recalled no better than chance
+(`--chance`, MQAR accuracy at fitness.mqar_pairs). Prints a Markdown table and writes
+<out>/screening.json.
 """
 
 from __future__ import annotations
@@ -46,12 +49,24 @@ def job_costs(reading: dict[str, Any]) -> dict[str, Any]:
             "reached_rung": len(screened), "went_on": len(went_on)}
 
 
-def row(reading: dict[str, Any], reference_rate: float | None) -> dict[str, Any]:
+def rung_recall(reading: dict[str, Any], chance: float) -> dict[str, int] | None:
+    """Of the rung results with a recall score, how many were below `chance`; None when the
+    reading does not keep rung scores (older readings) or has no rungs."""
+    rungs = [t for t in reading["trainings"] if t["event"] == "rung"]
+    if not rungs or any("rung_mqar" not in t for t in rungs):
+        return None
+    scored = [t["rung_mqar"] for t in rungs if t["rung_mqar"] is not None]
+    return {"scored": len(scored), "at_chance": sum(v < chance for v in scored)}
+
+
+def row(reading: dict[str, Any], reference_rate: float | None,
+        chance: float = 0.035) -> dict[str, Any]:
     """One run's line: its screening settings, proposals evaluated per CPU-hour, the ratio to
-    the reference run's and its job costs."""
+    the reference run's, its job costs and what its rungs' recall said."""
     fidelity = (reading["config"].get("search") or {}).get("fidelity") or {}
     rate = reading["proposals_evaluated"] / reading["proposal_cpu_hours"]
     return {"run": reading["run"], "fidelity": fidelity,
+            "rung_recall": rung_recall(reading, chance),
             "proposals_evaluated": reading["proposals_evaluated"],
             "proposal_cpu_hours": reading["proposal_cpu_hours"], "per_cpu_hour": rate,
             "ratio": rate / reference_rate if reference_rate else 1.0, **job_costs(reading)}
@@ -75,15 +90,20 @@ def markdown(rows: list[dict[str, Any]], names: list[str]) -> str:
 
     lines = ["| reading | screening | proposals evaluated | in CPU-h | per CPU-h | ratio to the "
              "first | a rung job | a continuation | a whole training | failed or stopped | "
-             "continued |", "|---|" * 1 + "---|" * 10]
+             "continued | rung recall at chance |", "|---|" * 1 + "---|" * 11]
     for name, r in zip(names, rows, strict=True):
         went = f"{r['went_on']} of {r['reached_rung']}" if r["reached_rung"] else "-"
+        recall = r["rung_recall"]
+        at_chance = "-" if recall is None else "not trained" if not recall["scored"] else \
+            f"{recall['at_chance']} of {recall['scored']}"
         lines.append(f"| {name} | {_settings(r['fidelity'])} | {r['proposals_evaluated']} | "
                      f"{r['proposal_cpu_hours']:.3f} | {r['per_cpu_hour']:.1f} | "
                      f"{r['ratio']:.2f}x | {secs(r, 'rung')} | {secs(r, 'continuation')} | "
-                     f"{secs(r, 'whole')} | {secs(r, 'failed')} | {went} |")
+                     f"{secs(r, 'whole')} | {secs(r, 'failed')} | {went} | {at_chance} |")
     return "\n".join(lines) + ("\n\nCPU seconds: the mean of each kind of job (how many in "
-                               "brackets), the proposals' process CPU time only.\n")
+                               "brackets), the proposals' process CPU time only; rung recall at "
+                               "chance: rung results whose MQAR accuracy was below --chance, of "
+                               "those scored on it ('-': not kept in the reading).\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,10 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("readings", nargs="+", type=Path,
                         help="search.py readings; the first is the full-budget reference")
     parser.add_argument("--out", type=Path, default=Path("bench-out/screening"))
+    parser.add_argument("--chance", type=float, default=0.035,
+                        help="recall below this counts as chance (1/32 = 0.031 at 16 pairs of "
+                             "the tiny preset's 64-token vocabulary)")
     args = parser.parse_args(argv)
     readings = [json.loads(p.read_text()) for p in args.readings]
     reference = readings[0]["proposals_evaluated"] / readings[0]["proposal_cpu_hours"]
-    rows = [row(r, reference) for r in readings]
+    rows = [row(r, reference, args.chance) for r in readings]
     names = [str(p) for p in args.readings]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "screening.json").write_text(json.dumps(

@@ -110,10 +110,10 @@ def read_run(run: Path) -> dict[str, Any]:
     """The run's proposal trainings in the order they were evaluated, with cost and best-so-far.
 
     An entry is a proposal's evaluation: at the whole budget (`scored`, its fitness), at a
-    screening rung (`rung`, its rung fitness; the best-so-far counts whole-budget fitness
-    only) or a failure (`failed`, stopped early included). `cpu_hours` is the running total of
-    the proposals' CPU time (the journal's cpu_hours: each job's process CPU time; a reused
-    result costs nothing). The run's best baseline on each axis (lowest bits per byte, highest
+    screening rung (`rung`, its rung fitness, bits per byte and recall; the best-so-far
+    counts whole-budget fitness only) or a failure (`failed`, stopped early included).
+    `cpu_hours` is the running total of the proposals' CPU time (the journal's cpu_hours: each
+    job's process CPU time; a reused result costs nothing). The run's best baseline on each axis (lowest bits per byte, highest
     recall at fitness.mqar_pairs, over its seeds' mean) is the bar a proposal must clear on
     both at once."""
     view = RunView.open(run)
@@ -127,6 +127,15 @@ def read_run(run: Path) -> dict[str, Any]:
         if result.get("status") != "ok" or float(result.get("budget_fraction", 1.0)) < 1.0:
             return None, None
         metrics = result.get("metrics") or {}
+        return metrics.get("bpb"), mqar_accuracy(metrics, pairs)
+
+    def rung_scores(cid: str, rung: float) -> tuple[float | None, float | None]:
+        """Bits per byte and MQAR accuracy (None: the rung did not train that track) of a
+        proposal's rung result: what screening ranked it on."""
+        result = read_json(store.candidate(cid).rung_result(rung), None) or {}
+        metrics = result.get("metrics") or {}
+        if result.get("status") != "ok":
+            return None, None
         return metrics.get("bpb"), mqar_accuracy(metrics, pairs)
 
     proposals = {cid: view.proposal(cid) for cid in state.candidates}
@@ -152,6 +161,7 @@ def read_run(run: Path) -> dict[str, Any]:
                 best = entry["fitness"]
         elif name == "rung":
             entry.update(rung=ev.get("rung"), rung_fitness=ev.get("rung_fitness"))
+            entry["rung_bpb"], entry["rung_mqar"] = rung_scores(cid, float(ev.get("rung")))
         else:
             entry.update(stopped_early=bool(ev.get("stopped_early")),
                          error=str(ev.get("error", ""))[:200])
