@@ -333,6 +333,14 @@ def test_screening_costs_are_rebuilt_from_the_committed_readings(tmp_path: Path)
     assert (round(jobs["rung"]["mean_cpu_s"], 1), round(jobs["continuation"]["mean_cpu_s"], 1)) \
         == (24.4, 62.0)
     assert (rows[1]["went_on"], rows[1]["reached_rung"]) == (6, 24)
+    assert rows[1]["rung_recall"] is None  # a reading from before rung scores were kept
+    # What the rungs measured: recall at chance, or no recall at all (a rung of lm alone).
+    later = [results / "search-study" / "search-mutator-s4.json",
+             results / "search-lmrung" / "search-mutator-s5.json"]
+    assert screening.main([str(full), *map(str, later), "--out", str(tmp_path)]) == 0
+    recall = [r["rung_recall"] for r in
+              json.loads((tmp_path / "screening.json").read_text())["rows"]]
+    assert recall == [None, {"scored": 26, "at_chance": 14}, {"scored": 0, "at_chance": 0}]
     # Every job's cost is counted once: the kinds add up to the run's CPU time.
     for r, reading in zip(rows, (full, budgeted), strict=True):
         total = sum(j["n"] * (j["mean_cpu_s"] or 0.0) for j in r["jobs"].values())
