@@ -1,7 +1,7 @@
-"""The recall axis of fitness against the design space's local paths (evolve/search/recall_reach.py):
-the tiny preset's MQAR lets the largest window answer from its window; a run file whose
-query_gap puts every query past the reach gets no warning, and trains (the task's layout is
-tested in tests/test_data.py::test_mqar_structure)."""
+"""The recall axis of fitness against the design space's local paths
+(evolve/search/recall_reach.py): the tiny preset's MQAR lets the largest window answer from its
+window; a run file whose query_gap puts every query past the reach gets no warning (the task's
+layout is tested in tests/test_data.py::test_mqar_structure)."""
 
 from __future__ import annotations
 

@@ -296,13 +296,14 @@ class Driver(ProposeSteps, CheckSteps, ReuseSteps, ScoringSteps, ScreeningSteps,
 
         state = self.view.state
         have = {self.view.proposal(c).get("seed_design") for c in state.candidates}
-        if any(isinstance(d, DesignFile) for d in seed_designs(self.cfg.search.seed_designs)):
+        designs = seed_designs(self.cfg.search.seed_designs)
+        if any(isinstance(d, DesignFile) for d in designs):
             # A design file refused as a duplicate stays refused: a restart neither screens it
             # nor journals its refusal again.
             have |= {e.get("seed_design") for e in self.store.events()
                      if e.get("event") == "duplicate_rejected" and "seed_design" in e}
         made = False
-        for i, design in enumerate(seed_designs(self.cfg.search.seed_designs)):
+        for i, design in enumerate(designs):
             if i in have:
                 continue
             if isinstance(design, DesignFile):

@@ -28,8 +28,8 @@ def reach_warning(train_cfg: Any) -> str | None:
     config trains no MQAR track)."""
     from evolve.model.space import OPTIONS
 
-    task, track = getattr(train_cfg, "mqar_task", None), getattr(train_cfg, "mqar", None)
-    if task is None or track is None:
+    task, track = train_cfg.mqar_task, train_cfg.mqar
+    if track is None:
         return None
     window = max(int(w) for w in OPTIONS["local_window"])
     model = track.model

@@ -55,8 +55,9 @@ class MQARConfig:
     """Zoology's power-law exponent for the gaps between queries (small: queries bunch early)."""
     query_gap: int = 0
     """Filler tokens between the last pair and the first query slot: every query is at least
-    query_gap + 2 tokens after its key, out of reach of a local window of query_gap + 1 tokens
-    (0: Zoology's layout, queries right after the pairs)."""
+    query_gap + 2 tokens after its key, out of reach of one layer's local window of up to
+    query_gap + 2 tokens (a stack reaches further: evolve/search/recall_reach.py); 0: Zoology's
+    layout, queries right after the pairs."""
     random_non_queries: bool = False
     """Fill non-query positions with random tokens (Zoology's default, meant for vocabularies of
     thousands) instead of 0. With a small vocabulary random filler repeats the sequence's own

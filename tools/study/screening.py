@@ -90,7 +90,7 @@ def markdown(rows: list[dict[str, Any]], names: list[str]) -> str:
 
     lines = ["| reading | screening | proposals evaluated | in CPU-h | per CPU-h | ratio to the "
              "first | a rung job | a continuation | a whole training | failed or stopped | "
-             "continued | rung recall at chance |", "|---|" * 1 + "---|" * 11]
+             "continued | rung recall at chance |", "|" + "---|" * 12]
     for name, r in zip(names, rows, strict=True):
         went = f"{r['went_on']} of {r['reached_rung']}" if r["reached_rung"] else "-"
         recall = r["rung_recall"]

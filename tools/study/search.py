@@ -113,30 +113,32 @@ def read_run(run: Path) -> dict[str, Any]:
     screening rung (`rung`, its rung fitness, bits per byte and recall; the best-so-far
     counts whole-budget fitness only) or a failure (`failed`, stopped early included).
     `cpu_hours` is the running total of the proposals' CPU time (the journal's cpu_hours: each
-    job's process CPU time; a reused result costs nothing). The run's best baseline on each axis (lowest bits per byte, highest
-    recall at fitness.mqar_pairs, over its seeds' mean) is the bar a proposal must clear on
-    both at once."""
+    job's process CPU time; a reused result costs nothing). The run's best baseline on each
+    axis (lowest bits per byte, highest recall at fitness.mqar_pairs, over its seeds' mean) is
+    the bar a proposal must clear on both at once."""
     view = RunView.open(run)
     store, state = view.store, view.state
     config = store.config()
     pairs = (config.get("fitness") or {}).get("mqar_pairs")
 
-    def scores(cid: str) -> tuple[float | None, float | None]:
-        """Bits per byte and MQAR accuracy at the run's fitness.mqar_pairs, of an ok result."""
-        result = view.result(cid) or {}
-        if result.get("status") != "ok" or float(result.get("budget_fraction", 1.0)) < 1.0:
+    def measured(result: dict[str, Any]) -> tuple[float | None, float | None]:
+        """Bits per byte and MQAR accuracy at the run's fitness.mqar_pairs of an ok result
+        (None for a track it did not train, as a rung of lm alone)."""
+        if result.get("status") != "ok":
             return None, None
         metrics = result.get("metrics") or {}
         return metrics.get("bpb"), mqar_accuracy(metrics, pairs)
 
-    def rung_scores(cid: str, rung: float) -> tuple[float | None, float | None]:
-        """Bits per byte and MQAR accuracy (None: the rung did not train that track) of a
-        proposal's rung result: what screening ranked it on."""
-        result = read_json(store.candidate(cid).rung_result(rung), None) or {}
-        metrics = result.get("metrics") or {}
-        if result.get("status") != "ok":
+    def scores(cid: str) -> tuple[float | None, float | None]:
+        """`measured` of a candidate's whole-budget result."""
+        result = view.result(cid) or {}
+        if float(result.get("budget_fraction", 1.0)) < 1.0:
             return None, None
-        return metrics.get("bpb"), mqar_accuracy(metrics, pairs)
+        return measured(result)
+
+    def rung_scores(cid: str, rung: float) -> tuple[float | None, float | None]:
+        """`measured` of a proposal's rung result: what screening ranked it on."""
+        return measured(read_json(store.candidate(cid).rung_result(rung), None) or {})
 
     proposals = {cid: view.proposal(cid) for cid in state.candidates}
     kinds = {cid: p.get("kind", "proposal") for cid, p in proposals.items()}

@@ -85,13 +85,13 @@ def export(best: dict[str, dict[str, Any]], out: Path, folder: Path) -> list[Pat
         source = out / info["run"] / "candidates" / info["candidate"] / "mixer.py"
         target = folder / f"{design_name(method, info)}.py"
         had = before.get(method) or {}
-        if not source.exists() and target.exists() \
-                and (had.get("run"), had.get("candidate")) == (info["run"], info["candidate"]) \
-                and hashlib.sha256(target.read_bytes()).hexdigest() == had.get("sha256"):
-            designs[method] = {**info, "file": target.name, "sha256": had["sha256"]}
-            paths.append(target)
-            continue
         if not source.exists():
+            if target.exists() \
+                    and (had.get("run"), had.get("candidate")) == (info["run"], info["candidate"]) \
+                    and hashlib.sha256(target.read_bytes()).hexdigest() == had.get("sha256"):
+                designs[method] = {**info, "file": target.name, "sha256": had["sha256"]}
+                paths.append(target)
+                continue
             raise SystemExit(f"{source} is missing: exporting {method}'s best needs its run "
                              f"folder (the committed reading holds its scores, not its code)")
         shutil.copyfile(source, target)
